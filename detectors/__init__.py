@@ -1,0 +1,1 @@
+"""Detectors: one module per detector, a small shared interface in ``detectors.base``."""

@@ -1,0 +1,182 @@
+"""Typed, layered configuration: defaults < YAML file (LLM_MONITOR_CONFIG_FILE) < environment.
+
+Environment variables use the prefix ``LLM_MONITOR_`` and ``__`` for nesting, e.g.
+``LLM_MONITOR_PIPELINE__BATCH_SIZE=1000``. ``KAFKA_BOOTSTRAP_SERVERS`` is honoured as the
+conventional shortcut for ``LLM_MONITOR_KAFKA__BOOTSTRAP_SERVERS``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from monitor.errors import ConfigError
+
+ENV_PREFIX = "LLM_MONITOR_"
+CONFIG_FILE_ENV = "LLM_MONITOR_CONFIG_FILE"
+Role = Literal["all", "score", "aggregate", "sink"]
+ROLES: tuple[Role, ...] = ("score", "aggregate", "sink")
+
+
+class KafkaSettings(BaseModel):
+    """Broker address, topic names and consumer-group timings."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port list; unset means the bundled broker (demo only)"
+    )
+    events_topic: str = "llm.events"
+    dlq_topic: str = "llm.events.dlq"
+    scored_topic: str = "llm.scored"
+    partials_topic: str = "llm.partials"
+    windows_topic: str = "llm.windows"
+    actions_topic: str = "llm.actions"
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    session_timeout_s: float = Field(default=8.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=8.0, gt=0)
+    commit_interval_s: float = Field(default=0.5, gt=0)
+    producer_linger_s: float = Field(default=0.005, ge=0)
+
+
+class PipelineSettings(BaseModel):
+    """Batching, validation limits and windowing."""
+
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    batch_wait_s: float = Field(default=0.05, gt=0, le=60)
+    sink_batch_size: int = Field(default=50, ge=1, description="scored batches per insert")
+    sink_batch_wait_s: float = Field(default=0.1, gt=0, le=60)
+    max_event_bytes: int = Field(default=1_000_000, ge=256)
+    window_s: int = Field(default=60, ge=1, le=86_400)
+    allowed_lateness_s: int = Field(default=30, ge=0)
+
+
+class StorageSettings(BaseModel):
+    """Where rows go. ``chdb:///path`` is embedded ClickHouse; ``http(s)://host:8123`` a server."""
+
+    dsn: str | None = Field(default=None, description="unset means chdb under data_dir")
+    database: str = Field(default="llm_monitor", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    redact: bool = True
+    text_ttl_days: int = Field(default=30, ge=1)
+    metrics_ttl_days: int = Field(default=400, ge=1)
+    retry_max_wait_s: float = Field(default=10.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    """The worker's HTTP endpoint: /metrics and /health."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=1, le=65535)
+    max_label_values: int = Field(default=200, ge=1, description="per label, then 'other'")
+
+
+class PiiSettings(BaseModel):
+    enabled: bool = True
+    types: list[str] | None = Field(default=None, description="subset of PII types; all if unset")
+    phone_regions: list[str] = Field(default_factory=lambda: ["US"])
+
+
+class LatencyErrorsSettings(BaseModel):
+    enabled: bool = True
+    slow_ms: float = Field(default=5000.0, gt=0)
+
+
+class DetectorsSettings(BaseModel):
+    pii: PiiSettings = Field(default_factory=PiiSettings)
+    latency_errors: LatencyErrorsSettings = Field(default_factory=LatencyErrorsSettings)
+
+
+class Settings(BaseSettings):
+    """Everything a worker or the CLI needs, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("data")
+    app_id: str = Field(default="llm-monitor", pattern=r"^[A-Za-z0-9._-]+$")
+    roles: list[Role] = Field(default_factory=lambda: ["all"])
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    detectors: DetectorsSettings = Field(default_factory=DetectorsSettings)
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_not_empty(cls, value: list[Role]) -> list[Role]:
+        if not value:
+            raise ValueError("at least one role is required: all, score, aggregate or sink")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def active_roles(self) -> tuple[Role, ...]:
+        """The concrete roles this process runs; ``all`` expands to every role."""
+        if "all" in self.roles:
+            return ROLES
+        return tuple(r for r in ROLES if r in self.roles)
+
+    @property
+    def storage_dsn(self) -> str:
+        if self.storage.dsn:
+            return self.storage.dsn
+        return f"chdb://{(self.data_dir / 'chdb').resolve()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation failures into a ConfigError that names field and fix."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(
+            f"{CONFIG_FILE_ENV}={config_file!r}: file not found. "
+            "Fix: point it at an existing YAML file or unset it."
+        )
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap and not settings.kafka.bootstrap_servers:
+        settings.kafka.bootstrap_servers = bootstrap
+    return settings
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad field: the env variable to set, what is wrong, and the value given."""
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        env_name = ENV_PREFIX + "__".join(loc).upper()
+        dotted = ".".join(loc)
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(
+            f"  {dotted}: {error['msg']}{shown}. Fix: set {env_name} "
+            f"or '{dotted}' in the config file to a valid value."
+        )
+    return "\n".join(lines)
