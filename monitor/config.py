@@ -58,6 +58,9 @@ class PipelineSettings(BaseModel):
     max_event_bytes: int = Field(default=1_000_000, ge=256)
     window_s: int = Field(default=60, ge=1, le=86_400)
     allowed_lateness_s: int = Field(default=30, ge=0)
+    window_retention_s: int = Field(
+        default=3600, ge=0, description="closed windows still accept late partials this long"
+    )
 
 
 class StorageSettings(BaseModel):

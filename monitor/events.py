@@ -8,6 +8,7 @@ kept in ``Event.extra`` as raw JSON fragments, never rejected. Every failure rai
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
@@ -107,6 +108,7 @@ class Event(msgspec.Struct, kw_only=True):
 
 KNOWN_FIELDS: Final = frozenset(f for f in Event.__struct_fields__ if f != "extra")
 
+_NON_FINITE_LITERAL = re.compile(rb"[:\[,]\s*-?(?:NaN|Infinity)\s*[,}\]]")
 _decode_event = msgspec.json.Decoder(Event).decode
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
@@ -124,6 +126,8 @@ def decode_event(raw: bytes, *, max_bytes: int = 1_000_000) -> Event:
     except msgspec.ValidationError as exc:
         raise SchemaError(REASON_NOT_AN_OBJECT, "event must be a JSON object") from exc
     except msgspec.DecodeError as exc:
+        if _NON_FINITE_LITERAL.search(raw):
+            raise SchemaError(REASON_NON_FINITE, "NaN/Infinity are not valid JSON numbers") from exc
         raise SchemaError(REASON_INVALID_JSON, str(exc)) from exc
     try:
         event = _decode_event(raw)

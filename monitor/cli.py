@@ -1,0 +1,241 @@
+"""The ``llm-monitor`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from monitor.config import load_settings
+from monitor.errors import MonitorError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming monitor for LLM apps.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure a detector on labelled data.")
+app.add_typer(eval_app, name="eval")
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option(help="where chdb and logs live (default ./data)")]
+
+
+def _settings(data_dir: Path | None = None) -> Any:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return load_settings(**overrides)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def demo(
+    input: Annotated[Path | None, typer.Option(help="JSONL events instead of generated ones")] = None,
+    events: Annotated[int, typer.Option(help="generated events")] = 20_000,
+    data_dir: DataDir = None,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Bundled broker + worker + generated traffic with incidents; prints a summary."""
+    from monitor.demo import run_demo
+    from monitor.generate import generate_events
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        settings = _settings(data_dir or Path("data"))
+        if input is not None:
+            records = [(b"", line.rstrip(b"\n")) for line in input.open("rb") if line.strip()]
+        else:
+            records = list(generate_events(events, seed=seed))
+        run_demo(settings, records)
+    except MonitorError as exc:
+        _fail(exc)
+
+
+@app.command()
+def worker() -> None:
+    """Run a long-lived worker for the roles in LLM_MONITOR_ROLES (default: all)."""
+    import faust
+
+    from monitor.broker import ensure_topics, pipeline_topics
+    from streams.app import app_id_for, create_app
+
+    try:
+        settings = _settings()
+        bootstrap = settings.kafka.bootstrap_servers
+        if bootstrap:
+            asyncio.run(
+                ensure_topics(
+                    bootstrap,
+                    pipeline_topics(settings.kafka, [app_id_for(settings)]),
+                    settings.kafka.replication_factor,
+                )
+            )
+        faust_app = create_app(settings)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    faust.Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL, one event per line")],
+    topic: Annotated[str | None, typer.Option(help="default: the events topic")] = None,
+) -> None:
+    """Publish a JSONL file to the events topic, line by line, as raw bytes."""
+    from monitor.demo import produce
+
+    try:
+        settings = _settings()
+        if not settings.kafka.bootstrap_servers:
+            raise MonitorError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into")
+        lines = [line.rstrip(b"\n") for line in file.open("rb") if line.strip()]
+        with Progress(console=err) as bar:
+            task = bar.add_task(f"replaying {file.name}", total=len(lines))
+
+            def records() -> Any:
+                for line in lines:
+                    bar.advance(task)
+                    key = _request_id(line)
+                    yield key, line
+
+            sent = asyncio.run(
+                produce(settings.kafka.bootstrap_servers, topic or settings.kafka.events_topic, records())
+            )
+        console.print(f"sent {sent} records")
+    except MonitorError as exc:
+        _fail(exc)
+
+
+def _request_id(line: bytes) -> bytes:
+    try:
+        value = json.loads(line).get("request_id", "")
+        return str(value).encode()
+    except (ValueError, AttributeError):
+        return b""
+
+
+@app.command()
+def generate(
+    events: Annotated[int, typer.Option(help="number of records")] = 1000,
+    seed: Annotated[int, typer.Option()] = 7,
+    duration_s: Annotated[float, typer.Option(help="event-time span in seconds")] = 600.0,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="default: stdout")] = None,
+) -> None:
+    """Write synthetic traffic with seeded incidents (and ~1% malformed records) as JSONL."""
+    from monitor.generate import generate_events
+
+    out = output.open("wb") if output else sys.stdout.buffer
+    try:
+        for _, value in generate_events(events, seed=seed, duration_s=duration_s):
+            out.write(value.replace(b"\n", b" ") + b"\n")
+    finally:
+        if output:
+            out.close()
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Create or upgrade the ClickHouse schema (idempotent)."""
+    from monitor.storage.client import connect
+    from monitor.storage.migrate import migrate as run_migrations
+
+    try:
+        settings = _settings(data_dir)
+        applied = run_migrations(connect(settings.storage_dsn), settings.storage)
+        console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    except MonitorError as exc:
+        _fail(exc)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL; tables live in database llm_monitor")],
+    data_dir: DataDir = None,
+    format: Annotated[str, typer.Option(help="table or json")] = "table",
+) -> None:
+    """Run SQL against the monitor's ClickHouse (chdb under --data-dir, or the configured DSN)."""
+    from monitor.storage.client import connect
+
+    if format not in ("table", "json"):
+        _fail(MonitorError(f"--format must be table or json, got {format!r}"))
+    try:
+        settings = _settings(data_dir)
+        result = connect(settings.storage_dsn).query(sql)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    except Exception as exc:  # the server's own message is the useful part
+        _fail(MonitorError(str(exc).strip().splitlines()[0]))
+        return
+    names = list(result.column_names)
+    if format == "json":
+        rows = [dict(zip(names, row, strict=True)) for row in result.result_rows]
+        sys.stdout.write(json.dumps(rows, default=str) + "\n")
+        return
+    table = Table()
+    for name in names:
+        table.add_column(name)
+    for row in result.result_rows:
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+def broker(port: Annotated[int, typer.Option()] = 9092) -> None:
+    """Run the bundled tansu broker in the foreground (memory storage) on 127.0.0.1:PORT."""
+    from monitor.broker import broker_command
+
+    command = broker_command(port)
+    err.print(f"tansu on 127.0.0.1:{port} (memory storage; Ctrl-C stops it)")
+    os.execv(command[0], command)  # noqa: S606 - replaces this process with the broker
+
+
+@eval_app.command("pii")
+def eval_pii(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"text", "spans": [{"start","end","type"}]}')],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
+) -> None:
+    """Per-type precision/recall/F1 of the PII detector; Presidio type names are mapped."""
+    from monitor.evaluation import evaluate_pii, load_labelled_jsonl
+
+    try:
+        rows = load_labelled_jsonl(file.open("rb"))
+    except Exception as exc:
+        _fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
+        return
+    report = evaluate_pii(rows).report()
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    table = Table(title=f"PII evaluation on {file} ({report['texts']} texts)")
+    for column in ("type", "precision", "recall", "f1", "support"):
+        table.add_column(column)
+    for name, scores in report["per_type"].items():
+        table.add_row(name, *[str(scores[c]) for c in ("precision", "recall", "f1", "support")])
+    table.add_row("micro", *[str(report["micro"][c]) for c in ("precision", "recall", "f1", "support")])
+    console.print(table)
+    console.print(f"{report['texts_per_s']} texts/s")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    started = time.monotonic()
+    del started
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""`llm-monitor demo`: bundled broker, one worker, generated traffic, a summary at the end.
+
+The worker runs as a child process (`llm-monitor worker`), exactly as in production; the demo
+only produces traffic, watches the worker's /metrics until every event is accounted for
+(stored or dead-lettered), stops it, and then reads ClickHouse to print the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.progress import Progress
+
+from monitor.broker import BundledBroker, ensure_topics, free_port, pipeline_topics, start_broker
+from monitor.config import Settings
+from monitor.errors import MonitorError
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Progressed:
+    events_stored: float
+    dead_letters_stored: float
+    aggregated: float
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sum every sample of every metric at ``url`` by full sample name + sorted labels."""
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL we built
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
+    want = [f"{k}={v}" for k, v in labels.items()]
+    total = 0.0
+    for key, value in samples.items():
+        metric, _, rest = key.partition("{")
+        if metric == name and all(w in rest for w in want):
+            total += value
+    return total
+
+
+def progress_of(url: str) -> Progressed:
+    samples = scrape(url)
+    return Progressed(
+        events_stored=metric_sum(samples, "llm_monitor_sink_rows_total", table="events"),
+        dead_letters_stored=metric_sum(samples, "llm_monitor_sink_rows_total", table="dead_letters"),
+        aggregated=metric_sum(samples, "llm_monitor_aggregate_events_total"),
+    )
+
+
+async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1_048_576
+    )
+    await producer.start()
+    sent = 0
+    try:
+        futures = []
+        for key, value in records:
+            futures.append(await producer.send(topic, value=value, key=key))
+            sent += 1
+            if len(futures) >= 2000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def worker_env(settings: Settings, bootstrap: str, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "LLM_MONITOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "LLM_MONITOR_DATA_DIR": str(settings.data_dir),
+            "LLM_MONITOR_METRICS__PORT": str(port),
+            "LLM_MONITOR_APP_ID": settings.app_id,
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(  # noqa: S603 - our own entry point
+        [sys.executable, "-m", "monitor.cli", "worker"], env=env, stdout=log, stderr=log
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(
+    url: str, expected_events: int, expected_dead: int, timeout_s: float,
+    worker: subprocess.Popen[bytes],
+) -> Progressed:  # fmt: skip
+    """Poll /metrics until every event is stored or dead-lettered and windows have merged them."""
+    deadline = time.monotonic() + timeout_s
+    last = Progressed(0, 0, 0)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("events accounted for", total=expected_events + expected_dead)
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise MonitorError(f"worker exited with code {worker.returncode}; see its log")
+            try:
+                last = progress_of(url)
+            except OSError:
+                time.sleep(0.5)
+                continue
+            bar.update(task, completed=last.events_stored + last.dead_letters_stored)
+            if (
+                last.events_stored >= expected_events
+                and last.dead_letters_stored >= expected_dead
+                and last.aggregated >= expected_events
+            ):
+                return last
+            time.sleep(0.25)
+    raise MonitorError(
+        f"timed out after {timeout_s:.0f}s: stored {last.events_stored:.0f}/{expected_events} "
+        f"events and {last.dead_letters_stored:.0f}/{expected_dead} dead letters"
+    )
+
+
+def run_demo(
+    settings: Settings, records: list[tuple[bytes, bytes]], *, timeout_s: float = 150.0
+) -> None:
+    """Run the whole demo; raises MonitorError when something is not accounted for."""
+    from monitor.events import decode_event
+    from monitor.errors import SchemaError
+    from monitor.report import print_summary
+
+    expected_events, expected_dead = 0, 0
+    for _, value in records:
+        try:
+            decode_event(value, max_bytes=settings.pipeline.max_event_bytes)
+            expected_events += 1
+        except SchemaError:
+            expected_dead += 1
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    broker: BundledBroker | None = None
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        broker = start_broker(log_path=logs / "broker.log")
+        bootstrap = broker.bootstrap
+        console.print(f"[bold]broker[/] bundled tansu on {bootstrap} (memory storage)")
+    else:
+        console.print(f"[bold]broker[/] {bootstrap}")
+    port = free_port()
+    worker = None
+    try:
+        asyncio.run(
+            ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id]))
+        )
+        worker = start_worker(worker_env(settings, bootstrap, port), logs / "worker.log")
+        console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
+        started = time.monotonic()
+        sent = asyncio.run(produce(bootstrap, settings.kafka.events_topic, records))
+        console.print(f"[bold]traffic[/] produced {sent} records in {time.monotonic() - started:.1f}s")
+        wait_until(
+            f"http://127.0.0.1:{port}/metrics", expected_events, expected_dead, timeout_s, worker
+        )
+        elapsed = time.monotonic() - started
+        time.sleep(1.5)  # last window snapshots: emitted every 0.5 s, then inserted
+        final_metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+        console.print(f"[bold]done[/] all {sent} records accounted for in {elapsed:.1f}s")
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if broker is not None:
+            broker.stop()
+    print_summary(settings, final_metrics, sent, elapsed)

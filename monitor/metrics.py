@@ -1,0 +1,159 @@
+"""Every Prometheus metric in one place, built over a given registry (tests make a fresh one).
+
+Labels are bounded: model, model_version, deployment, detector, route, reason, table, topic.
+``LabelGuard`` caps distinct values per label so a misbehaving client cannot explode series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER = "other"
+SERIES = ("model", "model_version", "deployment")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class LabelGuard:
+    """Maps label values beyond ``max_values`` distinct ones per label name to ``other``."""
+
+    max_values: int = 200
+    _seen: dict[str, set[str]] = field(default_factory=dict)
+
+    def __call__(self, name: str, value: str) -> str:
+        seen = self._seen.setdefault(name, set())
+        if value in seen:
+            return value
+        if len(seen) >= self.max_values:
+            return OTHER
+        seen.add(value)
+        return value
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Typed container of the worker's metrics."""
+
+    registry: CollectorRegistry
+    guard: LabelGuard
+    events_received: Counter
+    events_valid: Counter
+    dead_letters: Counter
+    detector_flags: Counter
+    detector_seconds: Histogram
+    batch_size: Histogram
+    window_latency_ms: Gauge
+    window_error_rate: Gauge
+    window_events: Gauge
+    window_flag_rate: Gauge
+    window_complaint_rate: Gauge
+    windows_emitted: Counter
+    partial_events_merged: Counter
+    late_events: Counter
+    sink_rows: Counter
+    sink_batch_rows: Histogram
+    sink_insert_seconds: Histogram
+    sink_errors: Counter
+    end_to_end_seconds: Histogram
+    consumer_lag: Gauge
+
+    def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
+        g = self.guard
+        return (g("model", model), g("model_version", version), g("deployment", deployment))
+
+
+def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) -> Metrics:
+    """Create and register every metric on ``registry``."""
+
+    def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=registry)
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    return Metrics(
+        registry=registry,
+        guard=LabelGuard(max_label_values),
+        events_received=counter("llm_monitor_events_received", "Raw events read from Kafka."),
+        events_valid=counter(
+            "llm_monitor_events_valid", "Events that passed validation.", (*SERIES, "route")
+        ),
+        dead_letters=counter(
+            "llm_monitor_dead_letters", "Events sent to the DLQ, by reason.", ("reason",)
+        ),
+        detector_flags=counter(
+            "llm_monitor_detector_flags",
+            "Flagged findings per detector and category.",
+            (*SERIES, "detector", "category"),
+        ),
+        detector_seconds=Histogram(
+            "llm_monitor_detector_duration_seconds",
+            "Time a detector spent on one batch.",
+            ("detector",),
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+            registry=registry,
+        ),
+        batch_size=Histogram(
+            "llm_monitor_score_batch_events",
+            "Events per scoring batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        ),
+        window_latency_ms=gauge(
+            "llm_monitor_window_latency_ms",
+            "Latency quantile of the latest window per series, in milliseconds.",
+            (*SERIES, "quantile"),
+        ),
+        window_error_rate=gauge(
+            "llm_monitor_window_error_rate", "Error+timeout rate of the latest window.", SERIES
+        ),
+        window_events=gauge("llm_monitor_window_events", "Events in the latest window.", SERIES),
+        window_flag_rate=gauge(
+            "llm_monitor_window_flag_rate",
+            "Flagged fraction of the latest window per detector.",
+            (*SERIES, "detector"),
+        ),
+        window_complaint_rate=gauge(
+            "llm_monitor_window_complaint_rate", "Complaint rate of the latest window.", SERIES
+        ),
+        windows_emitted=counter(
+            "llm_monitor_windows_emitted", "Window snapshots published.", ("final",)
+        ),
+        partial_events_merged=counter(
+            "llm_monitor_aggregate_events", "Events merged into windows by the aggregator."
+        ),
+        late_events=counter(
+            "llm_monitor_late_events", "Events older than the window retention, left out of windows."
+        ),
+        sink_rows=counter("llm_monitor_sink_rows", "Rows inserted into ClickHouse.", ("table",)),
+        sink_batch_rows=Histogram(
+            "llm_monitor_sink_batch_rows",
+            "Rows per ClickHouse insert.",
+            ("table",),
+            buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
+            registry=registry,
+        ),
+        sink_insert_seconds=Histogram(
+            "llm_monitor_sink_insert_duration_seconds",
+            "Time per ClickHouse insert.",
+            ("table",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        sink_errors=counter(
+            "llm_monitor_sink_errors", "Failed ClickHouse inserts (retried).", ("table",)
+        ),
+        end_to_end_seconds=Histogram(
+            "llm_monitor_end_to_end_seconds",
+            "From the event's Kafka produce timestamp to its row being inserted.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        consumer_lag=gauge(
+            "llm_monitor_consumer_lag_messages",
+            "Messages between the committed offset and the high watermark.",
+            ("topic", "partition"),
+        ),
+    )

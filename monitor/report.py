@@ -1,0 +1,110 @@
+"""The demo's closing summary, read back from ClickHouse: what an SRE would ask first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from monitor.config import Settings
+from monitor.storage.client import connect
+
+console = Console(width=140)
+
+EXAMPLE_QUERIES = (
+    (
+        "p99 latency and error rate per version, per minute",
+        "SELECT model_version, deployment, window_start, events, error_rate, latency_p99_ms "
+        "FROM llm_monitor.windows FINAL ORDER BY window_start, model_version",
+    ),
+    (
+        "PII leaks by type (no raw values are stored)",
+        "SELECT arrayJoin(splitByChar(',', details['leaked_types'])) AS type, count() AS leaks "
+        "FROM llm_monitor.findings FINAL WHERE detector = 'pii' AND category = 'leak' "
+        "GROUP BY type ORDER BY leaks DESC",
+    ),
+    (
+        "dead letters by reason",
+        "SELECT reason, count() AS n, any(error) AS example "
+        "FROM llm_monitor.dead_letters FINAL GROUP BY reason ORDER BY n DESC",
+    ),
+)
+
+
+def _table(title: str, columns: list[str], rows: list[Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seconds: float) -> None:
+    db = settings.storage.database
+    client = connect(settings.storage_dsn)
+
+    def rows(sql: str) -> list[Any]:
+        return list(client.query(sql).result_rows)
+
+    events = rows(f"SELECT count() FROM {db}.events FINAL")[0][0]
+    dead = rows(f"SELECT count() FROM {db}.dead_letters FINAL")[0][0]
+    console.print(
+        f"\n[bold]{sent}[/] records in → [bold]{events}[/] events stored, "
+        f"[bold]{dead}[/] dead letters ({seconds:.1f}s, {sent / max(seconds, 1e-9):,.0f} rec/s)"
+    )
+    console.print(
+        _table(
+            "Dead letters by reason",
+            ["reason", "count"],
+            rows(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason ORDER BY 2 DESC"),
+        )
+    )
+    console.print(
+        _table(
+            "Flags per detector",
+            ["detector", "category", "flagged", "events"],
+            rows(
+                f"SELECT detector, category, countIf(flagged), count() FROM {db}.findings FINAL "
+                "GROUP BY detector, category ORDER BY detector, 3 DESC"
+            ),
+        )
+    )
+    console.print(
+        _table(
+            "Per version",
+            ["model", "version", "deployment", "events", "error rate", "p50 ms", "p99 ms", "pii leaks"],
+            rows(
+                f"SELECT e.model, e.model_version, e.deployment, count(), "
+                "countIf(e.status IN ('error', 'timeout')) / count(), "
+                "quantile(0.5)(e.latency_ms), quantile(0.99)(e.latency_ms), "
+                f"countIf(e.request_id IN (SELECT request_id FROM {db}.findings FINAL "
+                "WHERE detector = 'pii' AND category = 'leak')) "
+                f"FROM {db}.events AS e FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC"
+            ),
+        )
+    )
+    console.print(
+        _table(
+            "Worst windows (p99 latency / error rate, from the streaming aggregator)",
+            ["model", "version", "window start", "events", "error rate", "p99 ms"],
+            rows(
+                f"SELECT model, model_version, window_start, events, error_rate, latency_p99_ms "
+                f"FROM {db}.windows FINAL ORDER BY greatest(error_rate * 10000, "
+                "ifNull(latency_p99_ms, 0)) DESC LIMIT 5"
+            ),
+        )
+    )
+    e2e = metrics.get("llm_monitor_end_to_end_seconds_count{}", 0.0)
+    console.print(f"end-to-end latency samples: {e2e:.0f} (histogram llm_monitor_end_to_end_seconds)")
+    console.print(f"\n[bold]Data[/]: {settings.storage_dsn}  (tables events, findings, windows, dead_letters)")
+    console.print("Try:")
+    for title, sql in EXAMPLE_QUERIES:
+        console.print(f"  # {title}\n  llm-monitor query \"{sql}\" --data-dir {settings.data_dir}")

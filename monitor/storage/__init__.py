@@ -1,0 +1,1 @@
+"""ClickHouse storage: one client for embedded chdb and servers, migrations, batched writer."""

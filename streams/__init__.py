@@ -1,0 +1,1 @@
+"""The faust-streaming app: topics, agents per role, web views. Thin by design."""

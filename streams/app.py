@@ -1,0 +1,331 @@
+"""The faust app: one consumer group per role set, agents per role, /metrics and /health.
+
+Roles: ``score`` (validate, detect, redact, pre-aggregate), ``aggregate`` (windows in a
+changelog-backed table), ``sink`` (ClickHouse). ``all`` runs every role in one worker. Each
+agent only moves batches between Kafka and ``monitor``; the logic lives there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import msgspec
+from aiokafka.partitioner import murmur2
+from faust.web import Request, Response, View
+from prometheus_client import CollectorRegistry, generate_latest
+
+from detectors.base import DetectorRegistry
+from detectors.latency_errors import LatencyErrorsDetector
+from detectors.pii import PiiDetector, PiiScanner
+from monitor.aggregate import WindowAggregator
+from monitor.config import ROLES, Settings
+from monitor.metrics import Metrics, create_metrics
+from monitor.pipeline import Pipeline, PipelineResult, RawMessage
+from monitor.sink import KIND_DEAD_LETTERS, KIND_SCORED, KIND_WINDOWS, Sink
+from monitor.windows import WindowPartial, WindowStats
+
+log = logging.getLogger(__name__)
+
+EMIT_INTERVAL_S = 0.5
+SWEEP_INTERVAL_S = 1.0
+LAG_INTERVAL_S = 2.0
+# aiohttp refuses a charset inside content_type; Prometheus text format 0.0.4 is UTF-8 anyway.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+
+_partial = msgspec.msgpack.Decoder(WindowPartial)
+_msgpack = msgspec.msgpack.Encoder()
+_json = msgspec.json.Encoder()
+
+
+def build_registry(settings: Settings) -> DetectorRegistry:
+    """The detectors enabled in config, tuned from config."""
+    cfg = settings.detectors
+    registry = DetectorRegistry()
+    if cfg.pii.enabled:
+        registry.register(PiiDetector(PiiScanner(cfg.pii.types)))
+    if cfg.latency_errors.enabled:
+        registry.register(LatencyErrorsDetector(slow_ms=cfg.latency_errors.slow_ms))
+    return registry
+
+
+def app_id_for(settings: Settings) -> str:
+    """One consumer group per role set: workers running the same roles share partitions."""
+    roles = settings.active_roles
+    if roles == ROLES:
+        return settings.app_id
+    return f"{settings.app_id}-{'-'.join(roles)}"
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """Build the faust app for ``settings.roles``; nothing connects until the worker starts."""
+    if not settings.kafka.bootstrap_servers:
+        from monitor.errors import ConfigError
+
+        raise ConfigError(
+            "kafka.bootstrap_servers is not set. Fix: set KAFKA_BOOTSTRAP_SERVERS or "
+            "LLM_MONITOR_KAFKA__BOOTSTRAP_SERVERS (host:port), or run `llm-monitor demo`."
+        )
+    k = settings.kafka
+    p = settings.pipeline
+    metrics = create_metrics(
+        registry or CollectorRegistry(), max_label_values=settings.metrics.max_label_values
+    )
+    app = faust.App(
+        app_id_for(settings),
+        broker=[f"kafka://{s.strip()}" for s in k.bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=True,
+        web_bind=settings.metrics.host,
+        web_host=settings.metrics.host,
+        web_port=settings.metrics.port,
+        web_in_thread=False,
+        topic_partitions=k.partitions,
+        topic_replication_factor=k.replication_factor,
+        topic_allow_declare=True,
+        broker_session_timeout=k.session_timeout_s,
+        broker_heartbeat_interval=k.heartbeat_interval_s,
+        broker_rebalance_timeout=k.rebalance_timeout_s,
+        broker_request_timeout=max(40.0, k.session_timeout_s * 2),
+        broker_commit_interval=k.commit_interval_s,
+        broker_max_poll_records=max(p.batch_size, 500),
+        consumer_auto_offset_reset="earliest",
+        producer_linger=k.producer_linger_s,
+        producer_max_batch_size=1_048_576,
+        producer_max_request_size=4 * 1_048_576,
+        stream_buffer_maxsize=max(4096, p.batch_size * 4),
+        table_standby_replicas=0,
+        table_cleanup_interval=30.0,
+        stream_wait_empty=False,
+    )
+    app.monitor_metrics = metrics  # type: ignore[attr-defined]
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw", "partitions": k.partitions}  # fmt: skip
+    topics = {
+        name: app.topic(name, **raw)
+        for name in (k.events_topic, k.dlq_topic, k.scored_topic, k.partials_topic,
+                     k.windows_topic)  # fmt: skip
+    }
+    roles = settings.active_roles
+    if "score" in roles:
+        _add_score_role(app, settings, metrics, topics)
+    if "aggregate" in roles:
+        _add_aggregate_role(app, settings, metrics, topics)
+    if "sink" in roles:
+        _add_sink_role(app, settings, metrics, topics)
+    _add_views(app, settings, metrics)
+    return app
+
+
+def _raw_message(event: Any) -> RawMessage:
+    message = event.message
+    return RawMessage(
+        value=event.value,
+        key=event.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000),
+    )
+
+
+async def _deliver(sends: list[Any]) -> None:
+    """Wait until every produced message is acknowledged, so offsets commit only after."""
+    if sends:
+        await asyncio.gather(*sends)
+
+
+def _add_score_role(
+    app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
+) -> None:
+    k = settings.kafka
+    pipeline = Pipeline(
+        build_registry(settings),
+        redact_pii=settings.storage.redact,
+        max_event_bytes=settings.pipeline.max_event_bytes,
+        window_s=settings.pipeline.window_s,
+    )
+    dlq, scored, partials = topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic]
+
+    @app.agent(topics[k.events_topic], name="score")
+    async def score(stream: Any) -> None:
+        async for events in stream.take_events(
+            settings.pipeline.batch_size, within=settings.pipeline.batch_wait_s
+        ):
+            result = pipeline.process([_raw_message(e) for e in events])
+            sends = [await dlq.send(key=d.key, value=_json.encode(d)) for d in result.dead_letters]
+            if result.scored.events:
+                sends.append(await scored.send(value=_msgpack.encode(result.scored)))
+            for part in result.partials:
+                sends.append(await partials.send(key=part.key.encode(), value=_msgpack.encode(part)))
+            await _deliver(sends)
+            _observe_scoring(metrics, len(events), result)
+
+
+def _observe_scoring(metrics: Metrics, received: int, result: PipelineResult) -> None:
+    metrics.events_received.inc(received)
+    metrics.batch_size.observe(received)
+    for letter in result.dead_letters:
+        metrics.dead_letters.labels(letter.reason).inc()
+    for event in result.events:
+        metrics.events_valid.labels(
+            *metrics.series(*event.series), metrics.guard("route", event.route)
+        ).inc()
+    for name, seconds in result.detector_seconds.items():
+        metrics.detector_seconds.labels(name).observe(seconds)
+    for row in result.scored.findings:
+        if row.finding.flagged:
+            metrics.detector_flags.labels(
+                *metrics.series(row.model, row.model_version, row.deployment),
+                row.finding.detector,
+                row.finding.category,
+            ).inc()
+
+
+def _add_aggregate_role(
+    app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
+) -> None:
+    k = settings.kafka
+    windows_out = topics[k.windows_topic]
+    table = app.Table(
+        "windows",
+        default=None,
+        schema=faust.Schema(
+            key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw"
+        ),
+        partitions=k.partitions,
+    )
+    aggregator = WindowAggregator(
+        table,
+        allowed_lateness_s=settings.pipeline.allowed_lateness_s,
+        retention_s=settings.pipeline.window_retention_s,
+    )
+    dirty: set[str] = set()
+    last_sweep = [0.0]
+
+    async def publish(stats: WindowStats) -> Any:
+        _observe_window(metrics, stats)
+        metrics.windows_emitted.labels("true" if stats.is_final else "false").inc()
+        return await windows_out.send(key=stats_key(stats), value=_msgpack.encode(stats))
+
+    @app.agent(topics[k.partials_topic], name="aggregate")
+    async def aggregate(stream: Any) -> None:
+        async for event in stream.events():
+            partial = _partial.decode(event.value)
+            if aggregator.add(partial):
+                metrics.partial_events_merged.inc(partial.events)
+                dirty.add(partial.key)
+            else:
+                metrics.late_events.inc(partial.events)
+            if time.monotonic() - last_sweep[0] < SWEEP_INTERVAL_S:
+                continue
+            last_sweep[0] = time.monotonic()
+            # Table writes must happen while handling an event of the key's own partition,
+            # so the changelog record lands where recovery will look for it.
+            partition = event.message.partition
+            sends = []
+            for key in aggregator.due():
+                stats = aggregator.close(key)
+                dirty.discard(key)
+                if stats is not None:
+                    sends.append(await publish(stats))
+            for key in aggregator.expired():
+                if kafka_partition(key.encode(), k.partitions) == partition:
+                    aggregator.expire(key)
+                    dirty.discard(key)
+            await _deliver(sends)
+
+    @app.timer(interval=EMIT_INTERVAL_S)
+    async def emit_snapshots() -> None:
+        sends = []
+        for key in list(dirty):
+            dirty.discard(key)
+            stats = aggregator.snapshot(key)
+            if stats is not None:
+                sends.append(await publish(stats))
+        await _deliver(sends)
+
+
+def stats_key(stats: WindowStats) -> bytes:
+    return f"{stats.model}|{stats.model_version}|{stats.deployment}|{stats.window_start_ms}".encode()
+
+
+def _observe_window(metrics: Metrics, stats: WindowStats) -> None:
+    series = metrics.series(stats.model, stats.model_version, stats.deployment)
+    metrics.window_events.labels(*series).set(stats.events)
+    metrics.window_error_rate.labels(*series).set(stats.error_rate)
+    metrics.window_complaint_rate.labels(*series).set(stats.complaint_rate)
+    for quantile, value in (
+        ("0.5", stats.latency_p50_ms),
+        ("0.95", stats.latency_p95_ms),
+        ("0.99", stats.latency_p99_ms),
+    ):
+        if value is not None:
+            metrics.window_latency_ms.labels(*series, quantile).set(value)
+    for detector, rate in stats.flag_rates.items():
+        metrics.window_flag_rate.labels(*series, metrics.guard("detector", detector)).set(rate)
+
+
+def _add_sink_role(
+    app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
+) -> None:
+    k = settings.kafka
+    sink = Sink(settings, metrics)
+    batch, wait = settings.pipeline.sink_batch_size, settings.pipeline.sink_batch_wait_s
+
+    def sink_agent(topic_name: str, kind: str, size: int) -> None:
+        @app.agent(topics[topic_name], name=f"sink_{kind}")
+        async def write(stream: Any) -> None:
+            async for events in stream.take_events(size, within=wait):
+                await sink.write(kind, [e.value for e in events])
+
+    sink_agent(k.scored_topic, KIND_SCORED, batch)
+    sink_agent(k.dlq_topic, KIND_DEAD_LETTERS, max(batch, 500))
+    sink_agent(k.windows_topic, KIND_WINDOWS, max(batch, 500))
+
+    @app.task
+    async def open_storage() -> None:
+        await sink.open()
+
+
+def _add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
+    started = time.time()
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            assignment = app.consumer.assignment() if app.consumer else set()
+            return self.json(
+                {
+                    "status": "ok",
+                    "app_id": app.conf.id,
+                    "roles": list(settings.active_roles),
+                    "assigned_partitions": len(assignment),
+                    "uptime_s": round(time.time() - started, 1),
+                }
+            )
+
+    @app.timer(interval=LAG_INTERVAL_S)
+    async def export_lag() -> None:
+        consumer = app.consumer
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = committed.get(tp) or 0
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
