@@ -173,6 +173,8 @@ def _validate_ipv6(value: str, text: str, start: int) -> str | None:
 _DATE_LIKE: Final = re.compile(
     r"\d{4}-\d{1,2}-\d{1,2}|^\d{1,2}[-./ ]\d{1,2}[-./ ]\d{2,4}$|^(?:19|20)\d\d[-–](?:19|20)\d\d$"
 )
+_SSN_SHAPE: Final = re.compile(r"^\d{3}([- ])\d{2}\1\d{4}$")  # an invalid SSN is not a phone
+_IBAN_PREFIX_BEFORE: Final = re.compile(r"(?i)\b[a-z]{2}\d{2}(?: [a-z0-9]{4})+ $")
 _POSTAL_LIKE: Final = re.compile(r"^\d{4}-\d{3}$|^\d{5}-\d{4}$")
 _STREET_AFTER: Final = re.compile(
     r"^,?\s+(?:[A-Za-z][\w'.-]*\s+){0,3}(?i:street|st|avenue|ave|road|rd|drive|dr|lane|ln|blvd|"
@@ -193,7 +195,9 @@ def _validate_phone(value: str, text: str, start: int) -> str | None:
     digits = re.sub(r"\D", "", body)
     if not 7 <= len(digits) <= 15 or len(set(digits)) <= 2:
         return None
-    if _DATE_LIKE.search(body) or _POSTAL_LIKE.match(body):
+    if _DATE_LIKE.search(body) or _POSTAL_LIKE.match(body) or _SSN_SHAPE.match(body):
+        return None
+    if _IBAN_PREFIX_BEFORE.search(text[max(0, start - 40) : start]):
         return None
     end = start + len(value)
     if _STREET_AFTER.match(text[end : end + 40]) or _UNIT_BEFORE.search(text[max(0, start - 8) : start]):

@@ -8,8 +8,10 @@ agent only moves batches between Kafka and ``monitor``; the logic lives there.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
@@ -196,16 +198,9 @@ def _add_aggregate_role(
 ) -> None:
     k = settings.kafka
     windows_out = topics[k.windows_topic]
-    table = app.Table(
-        "windows",
-        default=None,
-        schema=faust.Schema(
-            key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw"
-        ),
-        partitions=k.partitions,
-    )
+    table = app.Table("windows", default=None, key_type=str, value_type=str, partitions=k.partitions)
     aggregator = WindowAggregator(
-        table,
+        TextValues(table),
         allowed_lateness_s=settings.pipeline.allowed_lateness_s,
         retention_s=settings.pipeline.window_retention_s,
     )
@@ -253,6 +248,35 @@ def _add_aggregate_role(
             if stats is not None:
                 sends.append(await publish(stats))
         await _deliver(sends)
+
+
+class TextValues(MutableMapping[str, bytes]):
+    """Bytes over a faust table holding base64 text.
+
+    faust's changelog recovery decodes values with the app's default JSON codec whatever the
+    table schema says, so binary values cannot be restored; base64 text round-trips.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self._table[key]
+        if value is None:
+            raise KeyError(key)
+        return base64.b64decode(value)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._table[key] = base64.b64encode(value).decode("ascii")
+
+    def __delitem__(self, key: str) -> None:
+        del self._table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._table.keys()))
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 def stats_key(stats: WindowStats) -> bytes:
