@@ -63,7 +63,9 @@ class DetectorRegistry:
 
     def register(self, detector: Detector) -> None:
         if detector.name in self._detectors:
-            raise DuplicateDetectorError(f"a detector named {detector.name!r} is already registered")
+            raise DuplicateDetectorError(
+                f"a detector named {detector.name!r} is already registered"
+            )
         self._detectors[detector.name] = detector
 
     def get(self, name: str) -> Detector:

@@ -32,8 +32,8 @@ class LatencyErrorsDetector:
             slow = latency is not None and latency > self.slow_ms
             if event.status == "ok" and not slow:
                 continue
-            category = event.status if event.status != "ok" else "slow"
-            details = {"status": event.status}
+            category: str = event.status if event.status != "ok" else "slow"
+            details: dict[str, str] = {"status": str(event.status)}
             if event.error_type:
                 details["error_type"] = event.error_type
             if latency is not None:

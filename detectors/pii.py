@@ -31,7 +31,7 @@ class PiiType(StrEnum):
     US_SSN = "US_SSN"
     IBAN = "IBAN"
     IP_ADDRESS = "IP_ADDRESS"
-    SECRET = "SECRET"
+    SECRET = "SECRET"  # noqa: S105 - a type name, not a credential
 
 
 # Presidio's entity names → ours, so evaluation files from either world can be scored.
@@ -85,7 +85,8 @@ class PiiPattern:
     subtype: str
     regex: re.Pattern[str]
     validate: Validator | None = None
-    requires: str | None = None  # a cheap substring prefilter: skip the regex when absent
+    requires: tuple[str, ...] = ()  # cheap prefilter: skip the regex unless one is in the text
+    requires_lower: tuple[str, ...] = ()  # the same, on the lower-cased text
     shrink: bool = False  # on a failed validation, retry without the last space-separated group
 
 
@@ -102,9 +103,17 @@ _CARD_BRANDS: Final[tuple[tuple[str, tuple[int, ...], Callable[[str], bool]], ..
     ),
     ("jcb", (16, 17, 18, 19), lambda d: d[:2] == "35"),
     ("jcb", (15,), lambda d: d[:4] in ("1800", "2131")),
-    ("diners", (14, 15, 16, 17, 18, 19), lambda d: 300 <= int(d[:3]) <= 305 or d[:2] in ("36", "38", "39")),
+    (
+        "diners",
+        (14, 15, 16, 17, 18, 19),
+        lambda d: 300 <= int(d[:3]) <= 305 or d[:2] in ("36", "38", "39"),
+    ),
     ("unionpay", (16, 17, 18, 19), lambda d: d[:2] == "62"),
-    ("maestro", tuple(range(12, 20)), lambda d: d[:2] in ("50", "56", "57", "58") or d[0] == "6" or d[:4] == "0604"),
+    (
+        "maestro",
+        tuple(range(12, 20)),
+        lambda d: d[:2] in ("50", "56", "57", "58") or d[0] == "6" or d[:4] == "0604",
+    ),
 )
 
 # Words just before a number that say it is not a card: cuts order-id false positives.
@@ -128,9 +137,10 @@ def _validate_card(value: str, text: str, start: int) -> str | None:
     brand = card_brand(digits)
     if brand is None:
         return None
-    if _NOT_A_CARD_CONTEXT.search(text[max(0, start - 24) : start]) and "card" not in text[
-        max(0, start - 40) : start
-    ].lower():
+    if (
+        _NOT_A_CARD_CONTEXT.search(text[max(0, start - 24) : start])
+        and "card" not in text[max(0, start - 40) : start].lower()
+    ):
         return None
     return brand
 
@@ -200,7 +210,9 @@ def _validate_phone(value: str, text: str, start: int) -> str | None:
     if _IBAN_PREFIX_BEFORE.search(text[max(0, start - 40) : start]):
         return None
     end = start + len(value)
-    if _STREET_AFTER.match(text[end : end + 40]) or _UNIT_BEFORE.search(text[max(0, start - 8) : start]):
+    if _STREET_AFTER.match(text[end : end + 40]) or _UNIT_BEFORE.search(
+        text[max(0, start - 8) : start]
+    ):
         return None
     two_groups = re.fullmatch(r"\d+[ .-]\d+", body) is not None
     if two_groups and _ADDRESS_BEFORE.search(text[max(0, start - 24) : start]):
@@ -232,29 +244,31 @@ _SECRET_PATTERNS: Final = (
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
             r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?"
         ),
-        requires="PRIVATE KEY",
+        requires=("PRIVATE KEY",),
     ),
     PiiPattern(
         PiiType.SECRET,
         "aws_access_key",
         re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"),
+        requires=("AKIA", "ASIA", "ABIA", "ACCA"),
     ),
     PiiPattern(
         PiiType.SECRET,
         "aws_secret_key",
         re.compile(r"(?i)(?<=aws_secret_access_key)\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})"),
-        requires="ecret",
+        requires_lower=("aws_secret_access_key",),
     ),
     PiiPattern(
         PiiType.SECRET,
         "jwt",
         re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-        requires="eyJ",
+        requires=("eyJ",),
     ),
     PiiPattern(
         PiiType.SECRET,
         "bearer_token",
         re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9\-._~+/]{20,}=*)"),
+        requires_lower=("bearer",),
     ),
     PiiPattern(
         PiiType.SECRET,
@@ -266,6 +280,7 @@ _SECRET_PATTERNS: Final = (
             r"|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
             r"|glpat-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36})"
         ),
+        requires=("sk", "rk_", "gh", "github_pat_", "xox", "AIza", "glpat-", "hf_", "npm_"),
     ),
 )
 
@@ -276,7 +291,7 @@ _EMAIL: Final = PiiPattern(
         r"(?<![\w.+%-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
         r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
     ),
-    requires="@",
+    requires=("@",),
 )
 
 _IBAN: Final = PiiPattern(
@@ -294,7 +309,9 @@ _CARD: Final = PiiPattern(
     PiiType.CREDIT_CARD,
     "credit_card",
     re.compile(
-        r"(?<![\d.-])(?:\d{12,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{4}([ -])\d{6}\2\d{4,5})(?![\d])"
+        r"(?<![\d.-])(?:\d{12,19}"
+        r"|\d{4}([ -])\d{4}\1\d{4}\1\d{1,7}"  # 4-4-4-4(-3) groups
+        r"|\d{4}([ -])\d{6}\2\d{4,5})(?![\d])"  # Amex / Diners 4-6-5 groups
     ),
     _validate_card,
 )
@@ -307,7 +324,11 @@ _SSN: Final = PiiPattern(
 )
 
 _BARE_SSN: Final = PiiPattern(
-    PiiType.US_SSN, "us_ssn", re.compile(r"(?<!\d)\d{9}(?!\d)"), _validate_bare_ssn
+    PiiType.US_SSN,
+    "us_ssn",
+    re.compile(r"(?<!\d)\d{9}(?!\d)"),
+    _validate_bare_ssn,
+    requires_lower=("ssn", "social"),
 )
 
 _IPV4: Final = PiiPattern(
@@ -315,6 +336,7 @@ _IPV4: Final = PiiPattern(
     "ipv4",
     re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"),
     _validate_ipv4,
+    requires=(".",),
 )
 
 _IPV6: Final = PiiPattern(
@@ -322,7 +344,7 @@ _IPV6: Final = PiiPattern(
     "ipv6",
     re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
     _validate_ipv6,
-    requires=":",
+    requires=(":",),
 )
 
 _PHONE: Final = PiiPattern(
@@ -379,10 +401,13 @@ class PiiScanner:
         if not text:
             return []
         has_digit = _HAS_DIGIT.search(text) is not None
+        lower = text.lower()
         found: list[PiiMatch] = []
         taken: list[tuple[int, int]] = []
         for pattern in self._patterns:
-            if pattern.requires is not None and pattern.requires not in text:
+            if pattern.requires and not any(r in text for r in pattern.requires):
+                continue
+            if pattern.requires_lower and not any(r in lower for r in pattern.requires_lower):
                 continue
             if pattern.type not in (PiiType.EMAIL, PiiType.SECRET) and not has_digit:
                 continue
@@ -403,7 +428,6 @@ class PiiScanner:
                 taken.append((start, end))
         found.sort(key=lambda match: match.start)
         return found
-
 
     @staticmethod
     def _validate(pattern: PiiPattern, value: str, text: str, start: int) -> str | None:

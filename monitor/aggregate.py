@@ -88,9 +88,7 @@ class WindowAggregator:
         value = self.store.get(key)
         if value is None:
             return None
-        return finalise(
-            _decode(value), is_final=key in self._closed, version=self._version_clock()
-        )
+        return finalise(_decode(value), is_final=key in self._closed, version=self._version_clock())
 
     def close(self, key: str) -> WindowStats | None:
         """Mark ``key`` closed and return its final snapshot."""

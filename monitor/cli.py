@@ -19,7 +19,9 @@ from rich.table import Table
 from monitor.config import load_settings
 from monitor.errors import MonitorError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming monitor for LLM apps.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Streaming monitor for LLM apps."
+)
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a detector on labelled data.")
 app.add_typer(eval_app, name="eval")
 console = Console()
@@ -42,7 +44,9 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def demo(
-    input: Annotated[Path | None, typer.Option(help="JSONL events instead of generated ones")] = None,
+    input: Annotated[
+        Path | None, typer.Option(help="JSONL events instead of generated ones")
+    ] = None,
     events: Annotated[int, typer.Option(help="generated events")] = 20_000,
     data_dir: DataDir = None,
     seed: Annotated[int, typer.Option()] = 7,
@@ -86,7 +90,9 @@ def worker() -> None:
     except MonitorError as exc:
         _fail(exc)
         return
-    faust.Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    faust.Worker(
+        faust_app, loglevel=settings.log_level.upper(), quiet=True
+    ).execute_from_commandline()
 
 
 @app.command()
@@ -112,7 +118,11 @@ def replay(
                     yield key, line
 
             sent = asyncio.run(
-                produce(settings.kafka.bootstrap_servers, topic or settings.kafka.events_topic, records())
+                produce(
+                    settings.kafka.bootstrap_servers,
+                    topic or settings.kafka.events_topic,
+                    records(),
+                )
             )
         console.print(f"sent {sent} records")
     except MonitorError as exc:
@@ -205,7 +215,9 @@ def broker(port: Annotated[int, typer.Option()] = 9092) -> None:
 
 @eval_app.command("pii")
 def eval_pii(
-    file: Annotated[Path, typer.Argument(help='JSONL: {"text", "spans": [{"start","end","type"}]}')],
+    file: Annotated[
+        Path, typer.Argument(help='JSONL: {"text", "spans": [{"start","end","type"}]}')
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
 ) -> None:
     """Per-type precision/recall/F1 of the PII detector; Presidio type names are mapped."""
@@ -225,7 +237,9 @@ def eval_pii(
         table.add_column(column)
     for name, scores in report["per_type"].items():
         table.add_row(name, *[str(scores[c]) for c in ("precision", "recall", "f1", "support")])
-    table.add_row("micro", *[str(report["micro"][c]) for c in ("precision", "recall", "f1", "support")])
+    table.add_row(
+        "micro", *[str(report["micro"][c]) for c in ("precision", "recall", "f1", "support")]
+    )
     console.print(table)
     console.print(f"{report['texts_per_s']} texts/s")
 

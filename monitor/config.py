@@ -107,7 +107,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     app_id: str = Field(default="llm-monitor", pattern=r"^[A-Za-z0-9._-]+$")
-    roles: list[Role] = Field(default_factory=lambda: ["all"])
+    roles: list[Role] = Field(default_factory=lambda: list[Role](["all"]))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)

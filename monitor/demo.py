@@ -63,7 +63,9 @@ def progress_of(url: str) -> Progressed:
     samples = scrape(url)
     return Progressed(
         events_stored=metric_sum(samples, "llm_monitor_sink_rows_total", table="events"),
-        dead_letters_stored=metric_sum(samples, "llm_monitor_sink_rows_total", table="dead_letters"),
+        dead_letters_stored=metric_sum(
+            samples, "llm_monitor_sink_rows_total", table="dead_letters"
+        ),
         aggregated=metric_sum(samples, "llm_monitor_aggregate_events_total"),
     )
 
@@ -155,8 +157,8 @@ def run_demo(
     settings: Settings, records: list[tuple[bytes, bytes]], *, timeout_s: float = 150.0
 ) -> None:
     """Run the whole demo; raises MonitorError when something is not accounted for."""
-    from monitor.events import decode_event
     from monitor.errors import SchemaError
+    from monitor.events import decode_event
     from monitor.report import print_summary
 
     expected_events, expected_dead = 0, 0
@@ -180,14 +182,14 @@ def run_demo(
     port = free_port()
     worker = None
     try:
-        asyncio.run(
-            ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id]))
-        )
+        asyncio.run(ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id])))
         worker = start_worker(worker_env(settings, bootstrap, port), logs / "worker.log")
         console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
         started = time.monotonic()
         sent = asyncio.run(produce(bootstrap, settings.kafka.events_topic, records))
-        console.print(f"[bold]traffic[/] produced {sent} records in {time.monotonic() - started:.1f}s")
+        console.print(
+            f"[bold]traffic[/] produced {sent} records in {time.monotonic() - started:.1f}s"
+        )
         wait_until(
             f"http://127.0.0.1:{port}/metrics", expected_events, expected_dead, timeout_s, worker
         )

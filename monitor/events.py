@@ -161,9 +161,9 @@ def _check_finite(event: Event) -> None:
         value = getattr(event, name)
         if value is not None and not math.isfinite(value):
             raise SchemaError(REASON_NON_FINITE, f"{name} must be finite, got {value}")
-    if event.feedback and event.feedback.rating is not None:
-        if not math.isfinite(event.feedback.rating):
-            raise SchemaError(REASON_NON_FINITE, "feedback.rating must be finite")
+    rating = event.feedback.rating if event.feedback else None
+    if rating is not None and not math.isfinite(rating):
+        raise SchemaError(REASON_NON_FINITE, "feedback.rating must be finite")
 
 
 def _check_attributes(event: Event) -> None:

@@ -117,7 +117,10 @@ def generate_events(
             yield request_id.encode(), _bad_event(rng, request_id, ts)
             continue
         series = rng.choices(SERIES, weights)[0]
-        yield request_id.encode(), json.dumps(_event(rng, request_id, ts, series, fraction)).encode()
+        yield (
+            request_id.encode(),
+            json.dumps(_event(rng, request_id, ts, series, fraction)).encode(),
+        )
 
 
 def _event(
@@ -181,7 +184,12 @@ def _bad_event(rng: random.Random, request_id: str, ts: int) -> bytes:
         )
     if kind == 4:
         return json.dumps(
-            {"request_id": request_id, "timestamp": ts, "model": "m", "model_version": "v",
-             "prompt": "x" * 1_100_000}  # fmt: skip
+            {
+                "request_id": request_id,
+                "timestamp": ts,
+                "model": "m",
+                "model_version": "v",
+                "prompt": "x" * 1_100_000,
+            }  # fmt: skip
         ).encode()
     return b'{"request_id": "' + request_id.encode() + b'", "prompt": "\xff\xfe"}'

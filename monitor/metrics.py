@@ -125,7 +125,8 @@ def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) 
             "llm_monitor_aggregate_events", "Events merged into windows by the aggregator."
         ),
         late_events=counter(
-            "llm_monitor_late_events", "Events older than the window retention, left out of windows."
+            "llm_monitor_late_events",
+            "Events older than the window retention, left out of windows.",
         ),
         sink_rows=counter("llm_monitor_sink_rows", "Rows inserted into ClickHouse.", ("table",)),
         sink_batch_rows=Histogram(

@@ -52,10 +52,10 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
     client = connect(settings.storage_dsn)
 
     def rows(sql: str) -> list[Any]:
-        return list(client.query(sql).result_rows)
+        return list(client.query(sql, parameters={"db": db}).result_rows)
 
-    events = rows(f"SELECT count() FROM {db}.events FINAL")[0][0]
-    dead = rows(f"SELECT count() FROM {db}.dead_letters FINAL")[0][0]
+    events = rows("SELECT count() FROM {db:Identifier}.events FINAL")[0][0]
+    dead = rows("SELECT count() FROM {db:Identifier}.dead_letters FINAL")[0][0]
     console.print(
         f"\n[bold]{sent}[/] records in → [bold]{events}[/] events stored, "
         f"[bold]{dead}[/] dead letters ({seconds:.1f}s, {sent / max(seconds, 1e-9):,.0f} rec/s)"
@@ -64,7 +64,10 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
         _table(
             "Dead letters by reason",
             ["reason", "count"],
-            rows(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason ORDER BY 2 DESC"),
+            rows(
+                "SELECT reason, count() FROM {db:Identifier}.dead_letters FINAL "
+                "GROUP BY reason ORDER BY 2 DESC"
+            ),
         )
     )
     console.print(
@@ -72,7 +75,8 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
             "Flags per detector",
             ["detector", "category", "flagged", "events"],
             rows(
-                f"SELECT detector, category, countIf(flagged), count() FROM {db}.findings FINAL "
+                "SELECT detector, category, countIf(flagged), count() "
+                "FROM {db:Identifier}.findings FINAL "
                 "GROUP BY detector, category ORDER BY detector, 3 DESC"
             ),
         )
@@ -80,14 +84,23 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
     console.print(
         _table(
             "Per version",
-            ["model", "version", "deployment", "events", "error rate", "p50 ms", "p99 ms", "pii leaks"],
+            [
+                "model",
+                "version",
+                "deployment",
+                "events",
+                "error rate",
+                "p50 ms",
+                "p99 ms",
+                "pii leaks",
+            ],
             rows(
-                f"SELECT e.model, e.model_version, e.deployment, count(), "
+                "SELECT e.model, e.model_version, e.deployment, count(), "
                 "countIf(e.status IN ('error', 'timeout')) / count(), "
                 "quantile(0.5)(e.latency_ms), quantile(0.99)(e.latency_ms), "
-                f"countIf(e.request_id IN (SELECT request_id FROM {db}.findings FINAL "
+                "countIf(e.request_id IN (SELECT request_id FROM {db:Identifier}.findings FINAL "
                 "WHERE detector = 'pii' AND category = 'leak')) "
-                f"FROM {db}.events AS e FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC"
+                "FROM {db:Identifier}.events AS e FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC"
             ),
         )
     )
@@ -96,15 +109,19 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
             "Worst windows (p99 latency / error rate, from the streaming aggregator)",
             ["model", "version", "window start", "events", "error rate", "p99 ms"],
             rows(
-                f"SELECT model, model_version, window_start, events, error_rate, latency_p99_ms "
-                f"FROM {db}.windows FINAL ORDER BY greatest(error_rate * 10000, "
+                "SELECT model, model_version, window_start, events, error_rate, latency_p99_ms "
+                "FROM {db:Identifier}.windows FINAL ORDER BY greatest(error_rate * 10000, "
                 "ifNull(latency_p99_ms, 0)) DESC LIMIT 5"
             ),
         )
     )
     e2e = metrics.get("llm_monitor_end_to_end_seconds_count{}", 0.0)
-    console.print(f"end-to-end latency samples: {e2e:.0f} (histogram llm_monitor_end_to_end_seconds)")
-    console.print(f"\n[bold]Data[/]: {settings.storage_dsn}  (tables events, findings, windows, dead_letters)")
+    console.print(
+        f"end-to-end latency samples: {e2e:.0f} (histogram llm_monitor_end_to_end_seconds)"
+    )
+    console.print(
+        f"\n[bold]Data[/]: {settings.storage_dsn}  (tables events, findings, windows, dead_letters)"
+    )
     console.print("Try:")
     for title, sql in EXAMPLE_QUERIES:
-        console.print(f"  # {title}\n  llm-monitor query \"{sql}\" --data-dir {settings.data_dir}")
+        console.print(f'  # {title}\n  llm-monitor query "{sql}" --data-dir {settings.data_dir}')

@@ -119,7 +119,9 @@ class Sink:
         if kind == KIND_SCORED:
             now_ms = time.time() * 1000
             for row in events:
-                self.metrics.end_to_end_seconds.observe(max(0.0, now_ms - row.produced_at_ms) / 1000)
+                self.metrics.end_to_end_seconds.observe(
+                    max(0.0, now_ms - row.produced_at_ms) / 1000
+                )
 
     def _log_retry(self, kind: str) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:

@@ -23,7 +23,8 @@ RELATIVE_ACCURACY: Final = 0.01
 
 
 def encode_sketch(sketch: DDSketch) -> bytes:
-    return bytes(DDSketchProto.to_proto(sketch).SerializeToString())
+    proto = DDSketchProto.to_proto(sketch)  # type: ignore[no-untyped-call]
+    return bytes(proto.SerializeToString())
 
 
 def decode_sketch(data: bytes) -> DDSketch:
@@ -31,7 +32,7 @@ def decode_sketch(data: bytes) -> DDSketch:
         return DDSketch(RELATIVE_ACCURACY)
     message = DDSketchMessage()
     message.ParseFromString(data)
-    sketch: DDSketch = DDSketchProto.from_proto(message)
+    sketch: DDSketch = DDSketchProto.from_proto(message)  # type: ignore[no-untyped-call]
     return sketch
 
 

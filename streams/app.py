@@ -64,12 +64,13 @@ def app_id_for(settings: Settings) -> str:
 
 def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """Build the faust app for ``settings.roles``; nothing connects until the worker starts."""
-    if not settings.kafka.bootstrap_servers:
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
         from monitor.errors import ConfigError
 
         raise ConfigError(
@@ -83,7 +84,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     app = faust.App(
         app_id_for(settings),
-        broker=[f"kafka://{s.strip()}" for s in k.bootstrap_servers.split(",")],
+        broker=[f"kafka://{s.strip()}" for s in bootstrap.split(",")],
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_enabled=True,
@@ -110,12 +111,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         stream_wait_empty=False,
     )
     app.monitor_metrics = metrics  # type: ignore[attr-defined]
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw", "partitions": k.partitions}  # fmt: skip
     topics = {
         name: app.topic(name, **raw)
-        for name in (k.events_topic, k.dlq_topic, k.scored_topic, k.partials_topic,
-                     k.windows_topic)  # fmt: skip
+        for name in (
+            k.events_topic,
+            k.dlq_topic,
+            k.scored_topic,
+            k.partials_topic,
+            k.windows_topic,
+        )  # fmt: skip
     }
     roles = settings.active_roles
     if "score" in roles:
@@ -168,7 +174,9 @@ def _add_score_role(
             if result.scored.events:
                 sends.append(await scored.send(value=_msgpack.encode(result.scored)))
             for part in result.partials:
-                sends.append(await partials.send(key=part.key.encode(), value=_msgpack.encode(part)))
+                sends.append(
+                    await partials.send(key=part.key.encode(), value=_msgpack.encode(part))
+                )
             await _deliver(sends)
             _observe_scoring(metrics, len(events), result)
 
@@ -198,7 +206,9 @@ def _add_aggregate_role(
 ) -> None:
     k = settings.kafka
     windows_out = topics[k.windows_topic]
-    table = app.Table("windows", default=None, key_type=str, value_type=str, partitions=k.partitions)
+    table = app.Table(
+        "windows", default=None, key_type=str, value_type=str, partitions=k.partitions
+    )
     aggregator = WindowAggregator(
         TextValues(table),
         allowed_lateness_s=settings.pipeline.allowed_lateness_s,
@@ -239,7 +249,7 @@ def _add_aggregate_role(
                     dirty.discard(key)
             await _deliver(sends)
 
-    @app.timer(interval=EMIT_INTERVAL_S)
+    @app.timer(interval=EMIT_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def emit_snapshots() -> None:
         sends = []
         for key in list(dirty):
@@ -280,7 +290,9 @@ class TextValues(MutableMapping[str, bytes]):
 
 
 def stats_key(stats: WindowStats) -> bytes:
-    return f"{stats.model}|{stats.model_version}|{stats.deployment}|{stats.window_start_ms}".encode()
+    return (
+        f"{stats.model}|{stats.model_version}|{stats.deployment}|{stats.window_start_ms}".encode()
+    )
 
 
 def _observe_window(metrics: Metrics, stats: WindowStats) -> None:
@@ -316,7 +328,7 @@ def _add_sink_role(
     sink_agent(k.dlq_topic, KIND_DEAD_LETTERS, max(batch, 500))
     sink_agent(k.windows_topic, KIND_WINDOWS, max(batch, 500))
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def open_storage() -> None:
         await sink.open()
 
@@ -343,7 +355,7 @@ def _add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
                 }
             )
 
-    @app.timer(interval=LAG_INTERVAL_S)
+    @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def export_lag() -> None:
         consumer = app.consumer
         committed = getattr(consumer, "_committed_offset", {})

@@ -52,7 +52,10 @@ def migrate(client: Client, storage: StorageSettings) -> list[str]:
             "(number UInt32, name String, applied_at DateTime DEFAULT now()) "
             "ENGINE = ReplacingMergeTree ORDER BY number"
         )
-        done = {row[0] for row in client.query(f"SELECT number FROM {db}.schema_migrations").result_rows}
+        done_rows = client.query(
+            "SELECT number FROM {db:Identifier}.schema_migrations", parameters={"db": db}
+        ).result_rows
+        done = {row[0] for row in done_rows}
         applied = []
         for migration in discover():
             if migration.number in done:

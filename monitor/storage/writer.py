@@ -97,8 +97,10 @@ class ClickHouseWriter:
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         rows = []
         for d in letters:
-            raw = redact_raw(d.raw, self._scanner) if self.redact else d.raw.decode(
-                "utf-8", errors="replace"
+            raw = (
+                redact_raw(d.raw, self._scanner)
+                if self.redact
+                else d.raw.decode("utf-8", errors="replace")
             )
             key = (d.key or b"").decode("utf-8", errors="replace")
             rows.append([

@@ -59,9 +59,11 @@ def test_golden_path(workers: WorkerHarness) -> None:
     workers.start()
     asyncio.run(produce(workers.bootstrap, "llm.events", records))
     workers.wait_for(
-        lambda: stored(workers) >= valid
-        and workers.metric("llm_monitor_sink_rows_total", table="dead_letters") >= bad
-        and workers.metric("llm_monitor_aggregate_events_total") >= valid
+        lambda: (
+            stored(workers) >= valid
+            and workers.metric("llm_monitor_sink_rows_total", table="dead_letters") >= bad
+            and workers.metric("llm_monitor_aggregate_events_total") >= valid
+        )
     )
     time.sleep(2.0)  # the last window snapshots are emitted every 0.5 s
     assert workers.metric("llm_monitor_events_received_total") == len(records)
@@ -72,7 +74,9 @@ def test_golden_path(workers: WorkerHarness) -> None:
     workers.stop_all()
 
     assert scalar(workers, "SELECT count() FROM llm_monitor.events FINAL") == valid
-    dead = query(workers, "SELECT reason, count() AS n FROM llm_monitor.dead_letters FINAL GROUP BY reason")
+    dead = query(
+        workers, "SELECT reason, count() AS n FROM llm_monitor.dead_letters FINAL GROUP BY reason"
+    )
     assert {r["reason"]: r["n"] for r in dead} == dict(reasons)
     leaks = query(
         workers,
@@ -88,7 +92,9 @@ def test_golden_path(workers: WorkerHarness) -> None:
     )
     worst = {r["deployment"]: r["worst"] for r in errors}
     assert worst["canary"] > 0.2 > worst["stable"]  # the seeded error storm
-    raw_pii = "SELECT count() FROM llm_monitor.events FINAL WHERE response LIKE '%@corp-example.com%'"
+    raw_pii = (
+        "SELECT count() FROM llm_monitor.events FINAL WHERE response LIKE '%@corp-example.com%'"
+    )
     assert scalar(workers, raw_pii) == 0
 
 
@@ -107,7 +113,9 @@ def test_replay_does_not_duplicate_rows(workers: WorkerHarness) -> None:
     )
 
 
-def produce_paced(bootstrap: str, records: list[tuple[bytes, bytes]], chunk: int, pause_s: float) -> None:
+def produce_paced(
+    bootstrap: str, records: list[tuple[bytes, bytes]], chunk: int, pause_s: float
+) -> None:
     async def run() -> None:
         for i in range(0, len(records), chunk):
             await produce(bootstrap, "llm.events", records[i : i + chunk])

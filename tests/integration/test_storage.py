@@ -28,10 +28,23 @@ def test_storage_round_trip_and_idempotent_replay(tmp_path: Path) -> None:
     pipeline = Pipeline(DetectorRegistry([PiiDetector(), LatencyErrorsDetector()]))
     messages = [
         RawMessage(
-            json.dumps({"request_id": f"r{i}", "timestamp": 1_795_514_400_000 + i, "model": "m",
-                        "model_version": "v", "prompt": "x", "latency_ms": 10.0 + i,
-                        "response": "reach me at eve@example.com", "status": "ok"}).encode(),
-            None, "llm.events", 0, i, 1_795_514_400_000,
+            json.dumps(
+                {
+                    "request_id": f"r{i}",
+                    "timestamp": 1_795_514_400_000 + i,
+                    "model": "m",
+                    "model_version": "v",
+                    "prompt": "x",
+                    "latency_ms": 10.0 + i,
+                    "response": "reach me at eve@example.com",
+                    "status": "ok",
+                }
+            ).encode(),
+            None,
+            "llm.events",
+            0,
+            i,
+            1_795_514_400_000,
         )  # fmt: skip
         for i in range(50)
     ] + [RawMessage(b"not json, from bob@example.com", None, "llm.events", 0, 99, 0)]
@@ -59,5 +72,7 @@ def test_storage_round_trip_and_idempotent_replay(tmp_path: Path) -> None:
 
 
 def test_dsn_passwords_are_not_logged() -> None:
-    assert redact_dsn("https://svc:s3cret@ch.example:8443/db") == "https://svc:***@ch.example:8443/db"
+    assert (
+        redact_dsn("https://svc:s3cret@ch.example:8443/db") == "https://svc:***@ch.example:8443/db"
+    )
     assert redact_dsn("chdb:///data/chdb") == "chdb:///data/chdb"

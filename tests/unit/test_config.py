@@ -44,7 +44,9 @@ def test_unknown_role_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_yaml_file_layer_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "monitor.yaml"
-    path.write_text("pipeline:\n  window_s: 30\n  batch_size: 10\ndetectors:\n  pii:\n    enabled: false\n")
+    path.write_text(
+        "pipeline:\n  window_s: 30\n  batch_size: 10\ndetectors:\n  pii:\n    enabled: false\n"
+    )
     monkeypatch.setenv("LLM_MONITOR_CONFIG_FILE", str(path))
     monkeypatch.setenv("LLM_MONITOR_PIPELINE__BATCH_SIZE", "20")
     settings = load_settings()

@@ -16,8 +16,15 @@ from streams.app import build_registry
 EVENTS = [
     decode_event(json.dumps(body).encode())
     for body in (
-        {"request_id": "a", "timestamp": 1, "model": "m", "model_version": "v",
-         "prompt": "my ssn is 123-45-6789", "response": "call 415 555 2671", "latency_ms": 9000},
+        {
+            "request_id": "a",
+            "timestamp": 1,
+            "model": "m",
+            "model_version": "v",
+            "prompt": "my ssn is 123-45-6789",
+            "response": "call 415 555 2671",
+            "latency_ms": 9000,
+        },
         {"request_id": "b", "timestamp": 2, "model": "m", "model_version": "v", "status": "error"},
         {"request_id": "c", "timestamp": 3, "model": "m", "model_version": "v", "prompt": "hi"},
     )  # fmt: skip

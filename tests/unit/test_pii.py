@@ -45,20 +45,36 @@ def found(text: str) -> list[tuple[str, str]]:
         # IP addresses
         ("from 192.168.10.254 at", [("IP_ADDRESS", "192.168.10.254")]),
         ("2001:db8::8a2e:370:7334", [("IP_ADDRESS", "2001:db8::8a2e:370:7334")]),
-        ("6e40:4041:c617:e898:c11:40d2:c669:2eb4", [("IP_ADDRESS", "6e40:4041:c617:e898:c11:40d2:c669:2eb4")]),
+        (
+            "6e40:4041:c617:e898:c11:40d2:c669:2eb4",
+            [("IP_ADDRESS", "6e40:4041:c617:e898:c11:40d2:c669:2eb4")],
+        ),
         # secrets
         ("AKIAIOSFODNN7EXAMPLE", [("SECRET", "AKIAIOSFODNN7EXAMPLE")]),
         ("key sk-proj-AbCdEfGhIjKlMnOpQrStUv12", [("SECRET", "sk-proj-AbCdEfGhIjKlMnOpQrStUv12")]),
         ("ghp_" + "a1B2" * 9, [("SECRET", "ghp_" + "a1B2" * 9)]),
         ("xoxb-123456789012-abcdefABCDEF", [("SECRET", "xoxb-123456789012-abcdefABCDEF")]),
-        ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123", [("SECRET", "abcdefghijklmnopqrstuvwxyz0123")]),
+        (
+            "Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123",
+            [("SECRET", "abcdefghijklmnopqrstuvwxyz0123")],
+        ),
         (
             "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-            [("SECRET", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")],
+            [
+                (
+                    "SECRET",
+                    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                )
+            ],
         ),
         (
             "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
-            [("SECRET", "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----")],
+            [
+                (
+                    "SECRET",
+                    "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+                )
+            ],
         ),
     ],
 )
@@ -141,7 +157,9 @@ def test_response_pii_absent_from_prompt_is_a_leak() -> None:
 
 
 def test_echoing_the_users_own_pii_is_not_a_leak() -> None:
-    finding = PiiDetector().score_texts("r1", "call me at 415 555 2671", "I will call (415) 555-2671")
+    finding = PiiDetector().score_texts(
+        "r1", "call me at 415 555 2671", "I will call (415) 555-2671"
+    )
     assert finding is not None
     assert not finding.flagged and finding.category == "pii"
 

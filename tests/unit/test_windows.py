@@ -16,8 +16,14 @@ T0 = 1_795_514_400_000  # a minute boundary
 def event(i: int, *, ts: int, latency: float, status: str = "ok", version: str = "v1") -> Event:
     return decode_event(
         json.dumps(
-            {"request_id": f"r{i}", "timestamp": ts, "model": "m", "model_version": version,
-             "latency_ms": latency, "status": status}  # fmt: skip
+            {
+                "request_id": f"r{i}",
+                "timestamp": ts,
+                "model": "m",
+                "model_version": version,
+                "latency_ms": latency,
+                "status": status,
+            }  # fmt: skip
         ).encode()
     )
 
@@ -34,8 +40,12 @@ def test_window_start_is_aligned() -> None:
 def test_stats_do_not_depend_on_batching() -> None:
     rng = random.Random(3)
     events = [
-        event(i, ts=T0 + rng.randrange(60_000), latency=rng.lognormvariate(6, 1),
-              status="error" if i % 10 == 0 else "ok")  # fmt: skip
+        event(
+            i,
+            ts=T0 + rng.randrange(60_000),
+            latency=rng.lognormvariate(6, 1),
+            status="error" if i % 10 == 0 else "ok",
+        )  # fmt: skip
         for i in range(1000)
     ]
     findings = [flag(i) for i in range(0, 1000, 4)]
@@ -47,7 +57,9 @@ def test_stats_do_not_depend_on_batching() -> None:
         merged = merged.merge(piece)
     a = finalise(whole[0], is_final=True, version=1)
     b = finalise(merged, is_final=True, version=1)
-    assert (a.events, a.errors, a.flags) == (b.events, b.errors, b.flags) == (1000, 100, {"pii": 250})
+    assert (
+        (a.events, a.errors, a.flags) == (b.events, b.errors, b.flags) == (1000, 100, {"pii": 250})
+    )
     assert a.error_rate == 0.1
     assert a.latency_p99_ms == b.latency_p99_ms
     exact = sorted(e.latency_ms or 0 for e in events)[989]
@@ -64,7 +76,9 @@ def partial(start_ms: int, n: int, max_time: int | None = None) -> WindowPartial
 
 def test_window_closes_after_watermark_and_accepts_late_partials_until_retention() -> None:
     store: dict[str, bytes] = {}
-    agg = WindowAggregator(store, allowed_lateness_s=30, retention_s=120, version_clock=iter(range(100)).__next__)
+    agg = WindowAggregator(
+        store, allowed_lateness_s=30, retention_s=120, version_clock=iter(range(100)).__next__
+    )
     first = partial(T0, 5, T0 + 10_000)
     agg.add(first)
     assert agg.due() == []
