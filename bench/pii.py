@@ -15,7 +15,9 @@ from typing import Any
 
 from monitor.evaluation import PiiEvaluation, TypeCounts, _iou, evaluate_pii, presidio_synth_rows
 
-DATASET = Path(__file__).resolve().parents[1].parent / "shared/eval/pii/presidio_synth_dataset_v2.json"
+DATASET = (
+    Path(__file__).resolve().parents[1].parent / "shared/eval/pii/presidio_synth_dataset_v2.json"
+)
 TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS")
 
 

@@ -45,6 +45,9 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=8.0, gt=0)
     commit_interval_s: float = Field(default=0.5, gt=0)
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=1, le=30_000, description="consumer long-poll; faust hard-codes 1500"
+    )
     producer_linger_s: float = Field(default=0.005, ge=0)
 
 

@@ -29,6 +29,7 @@ from monitor.metrics import Metrics, create_metrics
 from monitor.pipeline import Pipeline, PipelineResult, RawMessage
 from monitor.sink import KIND_DEAD_LETTERS, KIND_SCORED, KIND_WINDOWS, Sink
 from monitor.windows import WindowPartial, WindowStats
+from streams.tuning import set_fetch_max_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         )
     k = settings.kafka
     p = settings.pipeline
+    set_fetch_max_wait(k.fetch_max_wait_ms)
     metrics = create_metrics(
         registry or CollectorRegistry(), max_label_values=settings.metrics.max_label_values
     )
@@ -360,6 +362,8 @@ def _add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
         consumer = app.consumer
         committed = getattr(consumer, "_committed_offset", {})
         for tp in consumer.assignment():
+            if tp.topic.endswith("-changelog"):
+                continue  # table changelogs are read for recovery, never committed
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
