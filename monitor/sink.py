@@ -52,8 +52,14 @@ class Sink:
         self.spool_dir = settings.data_dir / "spool"
         self._writer: ClickHouseWriter | None = None
         self._lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
 
     async def open(self) -> ClickHouseWriter:
+        """Connect, migrate and replay the spool, once: concurrent callers wait for the first."""
+        async with self._open_lock:
+            return await self._open()
+
+    async def _open(self) -> ClickHouseWriter:
         if self._writer is None:
             dsn = self.settings.storage_dsn
             log.info("opening ClickHouse at %s", redact_dsn(dsn))

@@ -29,7 +29,7 @@ from monitor.metrics import Metrics, create_metrics
 from monitor.pipeline import Pipeline, PipelineResult, RawMessage
 from monitor.sink import KIND_DEAD_LETTERS, KIND_SCORED, KIND_WINDOWS, Sink
 from monitor.windows import WindowPartial, WindowStats
-from streams.tuning import set_fetch_max_wait
+from streams.tuning import seek_before_resume, set_fetch_max_wait
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     k = settings.kafka
     p = settings.pipeline
     set_fetch_max_wait(k.fetch_max_wait_ms)
+    seek_before_resume()
     metrics = create_metrics(
         registry or CollectorRegistry(), max_label_values=settings.metrics.max_label_values
     )

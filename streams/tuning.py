@@ -4,12 +4,22 @@ faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500`` for the worker cons
 request covers every assigned partition, and on internal topics fed in bursts (scored batches,
 partials, windows) each hop then waits up to 1.5 s: that alone dominates end-to-end latency.
 We wrap the factory and set the configured wait before the consumer starts.
+
+It also drops events after a restart with tables to recover: the recovery resumes the stream
+partitions while the fetcher is already running and only then seeks them to their committed
+offsets. Records fetched in between are discarded by flow control, and the fetch loop, still
+walking that stale batch, moves the read offset past them after the seek, so their refetched
+copies are dropped as already read. The partition's commit then stalls behind the hole until
+the next restart. ``seek_before_resume`` defers resuming stream partitions until the seek is
+done, which is the order the recovery means.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 _original = AIOKafkaConsumerThread._create_worker_consumer
@@ -26,3 +36,31 @@ def set_fetch_max_wait(ms: int) -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+_original_resume = Consumer.resume_partitions
+_original_perform_seek = Consumer.perform_seek
+_deferred: dict[int, set[Any]] = {}
+
+
+def seek_before_resume() -> None:
+    """Resume stream (non-changelog) partitions only after the seek that follows the resume."""
+
+    def resume_partitions(self: Consumer, partitions: Iterable[Any]) -> None:
+        tps = set(partitions)
+        streams = {tp for tp in tps if not tp.topic.endswith("-changelog")}
+        _deferred.setdefault(id(self), set()).update(streams)
+        if tps - streams:
+            _original_resume(self, tps - streams)
+
+    async def perform_seek(self: Consumer) -> None:
+        try:
+            await _original_perform_seek(self)
+        finally:
+            deferred = _deferred.pop(id(self), set())
+            assigned = self.assignment()
+            if deferred & assigned:
+                _original_resume(self, deferred & assigned)
+
+    Consumer.resume_partitions = resume_partitions  # type: ignore[method-assign,assignment]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]

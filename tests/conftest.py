@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from monitor.broker import BundledBroker, ensure_topics, free_port, pipeline_topics, start_broker
 from monitor.config import KafkaSettings
@@ -62,11 +65,24 @@ class WorkerHarness:
         self.processes.append(process)
         return process
 
+    def ready(self) -> bool:
+        """The worker answers /health and owns partitions."""
+        try:
+            url = f"http://127.0.0.1:{self.port}/health"
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                return int(json.loads(response.read())["assigned_partitions"]) > 0
+        except OSError:
+            return False
+
     def metric(self, name: str, **labels: str) -> float:
         try:
             return metric_sum(scrape(self.metrics_url), name, **labels)
         except OSError:
             return -1.0
+
+    def uncommitted(self, topics: tuple[str, ...] = ("llm.events", "llm.scored")) -> int:
+        """Messages on ``topics`` beyond the worker group's committed offsets, asked of the broker."""
+        return asyncio.run(group_lag(self.bootstrap, self.app_id, topics))
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -84,6 +100,45 @@ class WorkerHarness:
     def stop_all(self) -> None:
         for process in self.processes:
             stop_worker(process)
+
+
+async def log_ends(bootstrap: str, topics: tuple[str, ...]) -> dict[TopicPartition, int]:
+    """Each partition's true end offset, found by reading it: tansu's ListOffsets and fetch
+    high watermarks can trail the log by the last record batch, so they cannot be trusted."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        await reader.topics()  # refresh metadata for every topic
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(reader.partitions_for_topic(topic) or ())
+        ]
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
+        ends = dict.fromkeys(partitions, 0)
+        while batches := await reader.getmany(timeout_ms=1000, max_records=10_000):
+            for tp, records in batches.items():
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+        return ends
+    finally:
+        await reader.stop()
+
+
+async def group_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
+    """Records on ``topics`` beyond the group's committed offsets."""
+    ends = await log_ends(bootstrap, topics)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        lag = 0
+        for tp, end in ends.items():
+            lag += end - ((await consumer.committed(tp)) or 0)
+        return lag
+    finally:
+        await consumer.stop()
 
 
 @pytest.fixture
