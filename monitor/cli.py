@@ -244,6 +244,41 @@ def eval_pii(
     console.print(f"{report['texts_per_s']} texts/s")
 
 
+@eval_app.command("toxicity")
+def eval_toxicity(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"text", "label"} (1 = toxic)')],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
+    ] = None,
+) -> None:
+    """ROC AUC and precision/recall/F1 at the shipped threshold of the toxicity detector."""
+    from detectors.embedding import EmbeddingService
+    from detectors.toxicity import ToxicityDetector
+    from monitor.evaluation_binary import binary_report, load_samples
+
+    try:
+        samples = load_samples(file.open("rb"))
+    except (OSError, ValueError) as exc:
+        _fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
+        return
+    detector = ToxicityDetector(EmbeddingService(model).start())
+    started = time.perf_counter()
+    scores = detector.score_texts([s.text for s in samples])
+    seconds = time.perf_counter() - started
+    report = binary_report(
+        [s.label for s in samples], [float(x) for x in scores], detector.threshold, seconds
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    table = Table(title=f"toxicity on {file}")
+    for key in report:
+        table.add_column(key)
+    table.add_row(*[str(v) for v in report.values()])
+    console.print(table)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()

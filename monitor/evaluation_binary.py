@@ -1,0 +1,61 @@
+"""Evaluation of score-based detectors (toxicity, injection, hallucination) on labelled JSONL.
+
+Lines are ``{"text": str, "label": 0 | 1}`` (1 = positive). The report is what an analyst
+compares across detector versions: ranking quality (ROC AUC, threshold-free) and precision,
+recall and F1 at the detector's own decision threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+
+class LabelledSample(msgspec.Struct, frozen=True):
+    text: str
+    label: int
+
+
+def load_samples(lines: Iterable[bytes | str]) -> list[LabelledSample]:
+    """Decode JSONL lines; a bad line raises with its line number."""
+    decoder = msgspec.json.Decoder(LabelledSample)
+    samples = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            sample = decoder.decode(line)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"line {number}: {exc}") from exc
+        if sample.label not in (0, 1):
+            raise ValueError(f"line {number}: label must be 0 or 1, got {sample.label}")
+        samples.append(sample)
+    return samples
+
+
+def binary_report(
+    labels: Sequence[int], scores: Sequence[float], threshold: float, seconds: float
+) -> dict[str, Any]:
+    """AUC (null when only one class is present) and P/R/F1 at ``threshold``."""
+    from sklearn.metrics import roc_auc_score
+
+    n = len(labels)
+    flagged = [s >= threshold for s in scores]
+    tp = sum(1 for f, y in zip(flagged, labels, strict=True) if f and y == 1)
+    fp = sum(1 for f, y in zip(flagged, labels, strict=True) if f and y == 0)
+    fn = sum(1 for f, y in zip(flagged, labels, strict=True) if not f and y == 1)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    auc = float(roc_auc_score(list(labels), list(scores))) if len(set(labels)) == 2 else None
+    return {
+        "auc": None if auc is None else round(auc, 4),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "threshold": round(threshold, 4),
+        "n": n,
+        "texts_per_s": round(n / seconds, 1) if seconds > 0 else None,
+    }

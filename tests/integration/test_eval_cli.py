@@ -1,0 +1,37 @@
+"""`llm-monitor eval toxicity` as a user runs it: a real process, the real model, JSON last."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_eval_toxicity_prints_one_json_object_last(tmp_path: Path) -> None:
+    rows = [
+        ("You are a worthless idiot and everyone hates you.", 1),
+        ("Shut up, you stupid bitch.", 1),
+        ("The capital of France is Paris.", 0),
+        ("To reset your password, open Settings and choose Security.", 0),
+    ]
+    data = tmp_path / "tox.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "eval", "toxicity", str(data), "--json"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(report) == {"auc", "precision", "recall", "f1", "threshold", "n", "texts_per_s"}
+    assert report["n"] == 4 and report["auc"] == 1.0 and report["f1"] == 1.0
+
+
+def test_eval_toxicity_refuses_bad_input_with_the_line(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "x", "label": "yes"}\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "eval", "toxicity", str(data), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "line 1" in out.stderr

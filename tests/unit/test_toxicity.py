@@ -1,0 +1,108 @@
+"""Toxicity head and detector with the real offline model on CPU; binary evaluation maths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.embedding import EmbeddingService
+from detectors.toxicity import ToxicityDetector, ToxicityHead
+from monitor.evaluation_binary import binary_report, load_samples
+from monitor.events import decode_event
+
+TOXIC = [
+    "You are a worthless idiot and everyone hates you.",
+    "Shut up, you stupid bitch.",
+    "Go to hell, you pathetic loser.",
+]
+CLEAN = [
+    "Thanks for asking! Here is a summary of the quarterly report.",
+    "The capital of France is Paris.",
+    "I hate Mondays, but the weather today is lovely.",
+    "To reset your password, open Settings and choose Security.",
+]
+
+
+@pytest.fixture(scope="module")
+def detector() -> Iterator[ToxicityDetector]:
+    service = EmbeddingService(device="cpu").start()
+    yield ToxicityDetector(service)
+    service.close()
+
+
+def test_shipped_head_names_its_data_and_licence() -> None:
+    head = ToxicityHead.load()
+    assert head.weights.shape == (384,)
+    assert "Davidson" in head.metadata["data"] and "MIT" in head.metadata["data"]
+    assert head.metadata["dev_auc"] >= 0.9
+
+
+@pytest.mark.parametrize("text", TOXIC)
+def test_toxic_text_is_flagged(detector: ToxicityDetector, text: str) -> None:
+    assert detector.score_texts([text])[0] >= detector.threshold
+
+
+@pytest.mark.parametrize("text", CLEAN)
+def test_clean_text_is_not_flagged(detector: ToxicityDetector, text: str) -> None:
+    assert detector.score_texts([text])[0] < detector.threshold
+
+
+def test_findings_score_responses_and_report_the_prompt(detector: ToxicityDetector) -> None:
+    def event(rid: str, **fields: object) -> bytes:
+        base = {
+            "request_id": rid,
+            "timestamp": 1_700_000_000_000,
+            "model": "m",
+            "model_version": "v",
+        }
+        return json.dumps(base | fields).encode()
+
+    batch = [
+        decode_event(event("a", prompt="Insult me", response=TOXIC[0])),
+        decode_event(event("b", prompt="Capital of France?", response=CLEAN[1])),
+        decode_event(event("c", prompt="no answer", status="error")),
+    ]
+    findings = {f.request_id: f for f in detector.score(batch)}
+    assert set(findings) == {"a", "b"}  # no response, nothing to score
+    assert findings["a"].flagged and findings["a"].category == "toxic"
+    assert not findings["b"].flagged and findings["b"].category == "clean"
+    assert "prompt_score" in findings["a"].details
+
+
+def test_head_round_trips_and_refuses_other_dimensions(tmp_path: Path) -> None:
+    head = ToxicityHead(np.ones(4), -1.0, 0.5, "tiny", {"data": "x"})
+    head.save(tmp_path / "head.json")
+    loaded = ToxicityHead.load(tmp_path / "head.json")
+    assert np.allclose(loaded.probabilities(np.zeros((1, 4), dtype=np.float32)), 1 / (1 + np.e))
+    with pytest.raises(ValueError, match="retrain"):
+        loaded.probabilities(np.zeros((1, 3), dtype=np.float32))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a toxicity head"):
+        ToxicityHead.load(tmp_path / "bad.json")
+
+
+def test_threshold_out_of_range_is_refused(detector: ToxicityDetector) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        ToxicityDetector(detector.embeddings, threshold=1.5)
+
+
+def test_binary_report() -> None:
+    report = binary_report([1, 1, 0, 0], [0.9, 0.4, 0.6, 0.1], threshold=0.5, seconds=2.0)
+    assert report == {
+        "auc": 0.75, "precision": 0.5, "recall": 0.5, "f1": 0.5, "threshold": 0.5, "n": 4,
+        "texts_per_s": 2.0,
+    }  # fmt: skip
+    assert binary_report([1, 1], [0.9, 0.8], 0.5, 1.0)["auc"] is None  # one class: no AUC
+
+
+def test_load_samples_names_the_bad_line() -> None:
+    good = '{"text": "a", "label": 1}'
+    assert load_samples([good, "", '{"text": "b", "label": 0}'])[1].label == 0
+    with pytest.raises(ValueError, match="line 2"):
+        load_samples([good, '{"text": "b", "label": 2}'])
+    with pytest.raises(ValueError, match="line 1"):
+        load_samples(['{"label": 1}'])
