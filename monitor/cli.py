@@ -279,6 +279,54 @@ def eval_toxicity(
     console.print(table)
 
 
+@eval_app.command("hallucination")
+def eval_hallucination(
+    file: Annotated[
+        Path,
+        typer.Argument(help='JSONL: {"response", "context": [..] or "samples": [..], "label"}'),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
+    ] = None,
+) -> None:
+    """ROC AUC and precision/recall/F1 of the hallucination detector (1 = hallucinated)."""
+    from detectors.embedding import EmbeddingService
+    from detectors.hallucination import HallucinationDetector
+    from monitor.evaluation_binary import LabelledResponse, binary_report, load_samples
+
+    try:
+        rows = load_samples(file.open("rb"), LabelledResponse)
+    except (OSError, ValueError) as exc:
+        _fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
+        return
+    detector = HallucinationDetector(EmbeddingService(model).start())
+    started = time.perf_counter()
+    labels, scores, flagged, modes = [], [], [], set()
+    for row in rows:
+        support = detector.support(
+            row.response, context=row.context, samples=row.samples, prompt=row.prompt
+        )
+        if support is None:
+            _fail(MonitorError(f"{file}: a line has neither context nor samples, or no response"))
+            return
+        labels.append(row.label)
+        scores.append(support.score)
+        flagged.append(support.score >= detector.thresholds[support.mode])
+        modes.add(support.mode)
+    seconds = time.perf_counter() - started
+    threshold = detector.thresholds[modes.pop()] if len(modes) == 1 else float("nan")
+    report = binary_report(labels, scores, threshold, seconds, flagged)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    table = Table(title=f"hallucination on {file}")
+    for key in report:
+        table.add_column(key)
+    table.add_row(*[str(v) for v in report.values()])
+    console.print(table)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()

@@ -8,7 +8,7 @@ recall and F1 at the detector's own decision threshold.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -18,9 +18,22 @@ class LabelledSample(msgspec.Struct, frozen=True):
     label: int
 
 
-def load_samples(lines: Iterable[bytes | str]) -> list[LabelledSample]:
+class LabelledResponse(msgspec.Struct, frozen=True):
+    """A hallucination evaluation line: a response and what it should agree with."""
+
+    response: str
+    label: int
+    context: list[str] = msgspec.field(default_factory=list)
+    samples: list[str] = msgspec.field(default_factory=list)
+    prompt: str = ""
+
+
+Line = TypeVar("Line", LabelledSample, LabelledResponse)
+
+
+def load_samples(lines: Iterable[bytes | str], kind: type[Line] = LabelledSample) -> list[Line]:  # type: ignore[assignment]
     """Decode JSONL lines; a bad line raises with its line number."""
-    decoder = msgspec.json.Decoder(LabelledSample)
+    decoder = msgspec.json.Decoder(kind)
     samples = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -36,13 +49,18 @@ def load_samples(lines: Iterable[bytes | str]) -> list[LabelledSample]:
 
 
 def binary_report(
-    labels: Sequence[int], scores: Sequence[float], threshold: float, seconds: float
+    labels: Sequence[int],
+    scores: Sequence[float],
+    threshold: float,
+    seconds: float,
+    flagged: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
-    """AUC (null when only one class is present) and P/R/F1 at ``threshold``."""
+    """AUC (null when only one class is present) and P/R/F1 at ``threshold`` (or of the
+    detector's own ``flagged`` decisions, when its threshold differs per line)."""
     from sklearn.metrics import roc_auc_score
 
     n = len(labels)
-    flagged = [s >= threshold for s in scores]
+    flagged = [s >= threshold for s in scores] if flagged is None else flagged
     tp = sum(1 for f, y in zip(flagged, labels, strict=True) if f and y == 1)
     fp = sum(1 for f, y in zip(flagged, labels, strict=True) if f and y == 0)
     fn = sum(1 for f, y in zip(flagged, labels, strict=True) if not f and y == 1)

@@ -35,3 +35,19 @@ def test_eval_toxicity_refuses_bad_input_with_the_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode != 0
     assert "line 1" in out.stderr
+
+
+def test_eval_hallucination_prints_one_json_object_last(tmp_path: Path) -> None:
+    passage = "The Eiffel Tower is in Paris. It was opened in 1889."
+    lines = [
+        {"response": "It is in Paris and opened in 1889.", "context": [passage], "label": 0},
+        {"response": "It was built in Rome by Caesar.", "context": [passage], "label": 1},
+    ]
+    data = tmp_path / "halu.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "eval", "hallucination", str(data), "--json"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["n"] == 2 and report["auc"] == 1.0 and report["threshold"] == 0.35
