@@ -7,6 +7,11 @@
 - ``truthfulqa_samples.jsonl``: TruthfulQA (Apache-2.0), questions with at least three correct
   answers. ``samples`` are all correct answers but one; the held-out correct answer is a
   consistent response (label 0), the first incorrect answer an inconsistent one (label 1).
+- ``injection_direct.jsonl``: JailbreakBench artifacts (PAIR and JBC prompts, MIT) as
+  positives, NotInject (InjecGuard, MIT: benign prompts full of trigger words) as negatives.
+- ``injection_notinject.jsonl``: NotInject alone (all negatives) to read over-defence.
+- ``injection_indirect.jsonl``: BIPIA (MIT) email contexts, clean (label 0) and with an attack
+  from the text or code attack sets appended to the content (label 1), two attacks each.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "hallucination"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
+EVAL = SHARED / "hallucination"
+INJECTION = SHARED / "prompt_injection"
 
 
 def halueval_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,6 +51,41 @@ def truthfulqa_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
+def injection_sets() -> dict[str, list[dict[str, Any]]]:
+    benign = [
+        {"text": row["prompt"], "label": 0}
+        for part in ("one", "two", "three")
+        for row in json.loads((INJECTION / f"notinject_{part}.json").read_text())
+    ]
+    attacks = [
+        {"text": row["prompt"], "label": 1}
+        for path in sorted(INJECTION.glob("jbb_artifacts_*.json"))
+        for row in json.loads(path.read_text())["jailbreaks"]
+        if row.get("prompt")
+    ]
+    payloads = [
+        attack
+        for name in ("bipia_text_attack_test.json", "bipia_code_attack_test.json")
+        for group in json.loads((INJECTION / name).read_text()).values()
+        for attack in group
+    ]
+    contexts = [
+        json.loads(line)["context"]
+        for line in (INJECTION / "bipia_email_contexts_test.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    indirect: list[dict[str, Any]] = []
+    for i, context in enumerate(contexts):
+        indirect.append({"text": context, "label": 0})
+        for j in (2 * i, 2 * i + 1):
+            indirect.append({"text": f"{context}\n{payloads[j % len(payloads)]}", "label": 1})
+    return {
+        "injection_direct.jsonl": attacks + benign,
+        "injection_notinject.jsonl": benign,
+        "injection_indirect.jsonl": indirect,
+    }
+
+
 def write(path: Path, lines: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -61,6 +103,8 @@ def main() -> None:
     write(args.out / "halueval_calibration.jsonl", halueval_lines(rows[:250]))
     write(args.out / "halueval_dev.jsonl", halueval_lines(rows[250:500]))
     write(args.out / "truthfulqa_samples.jsonl", truthfulqa_lines(EVAL / "TruthfulQA.csv"))
+    for name, lines in injection_sets().items():
+        write(args.out / name, lines)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 from rich.console import Console
@@ -255,6 +256,18 @@ def eval_toxicity(
     """ROC AUC and precision/recall/F1 at the shipped threshold of the toxicity detector."""
     from detectors.embedding import EmbeddingService
     from detectors.toxicity import ToxicityDetector
+
+    _eval_text_detector(file, as_json, lambda: ToxicityDetector(EmbeddingService(model).start()))
+
+
+class _TextScorer(Protocol):
+    threshold: float
+
+    def score_texts(self, texts: Sequence[str]) -> Iterable[float]: ...
+
+
+def _eval_text_detector(file: Path, as_json: bool, build: Callable[[], _TextScorer]) -> None:
+    """Score ``{"text", "label"}`` lines with a detector and print the binary report."""
     from monitor.evaluation_binary import binary_report, load_samples
 
     try:
@@ -262,21 +275,41 @@ def eval_toxicity(
     except (OSError, ValueError) as exc:
         _fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
         return
-    detector = ToxicityDetector(EmbeddingService(model).start())
+    detector = build()
     started = time.perf_counter()
-    scores = detector.score_texts([s.text for s in samples])
+    scores = [float(x) for x in detector.score_texts([s.text for s in samples])]
     seconds = time.perf_counter() - started
-    report = binary_report(
-        [s.label for s in samples], [float(x) for x in scores], detector.threshold, seconds
-    )
+    labels = [s.label for s in samples]
+    report = binary_report(labels, scores, detector.threshold, seconds)
+    negatives = [x for x, y in zip(scores, labels, strict=True) if y == 0]
+    if negatives:
+        flagged = sum(1 for x in negatives if x >= detector.threshold)
+        err.print(
+            f"false-positive rate: {flagged / len(negatives):.4f} ({flagged}/{len(negatives)})"
+        )
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         return
-    table = Table(title=f"toxicity on {file}")
+    table = Table(title=f"{file}")
     for key in report:
         table.add_column(key)
     table.add_row(*[str(v) for v in report.values()])
     console.print(table)
+
+
+@eval_app.command("injection")
+def eval_injection(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"text", "label"} (1 = injection)')],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
+    ] = None,
+) -> None:
+    """ROC AUC and precision/recall/F1 of the injection detector; false-positive rate on stderr."""
+    from detectors.embedding import EmbeddingService
+    from detectors.injection import InjectionDetector
+
+    _eval_text_detector(file, as_json, lambda: InjectionDetector(EmbeddingService(model).start()))
 
 
 @eval_app.command("hallucination")
