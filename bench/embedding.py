@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4000, help="distinct texts per timed run")
     parser.add_argument("--batch", type=int, default=None, help="forward batch (both sides)")
     parser.add_argument("--chunk", type=int, default=64, help="texts per embed() call")
+    parser.add_argument("--max-batch", type=int, default=None, help="micro-batch cap")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -77,7 +78,11 @@ def main() -> None:
     # Distinct texts (the corpus is de-duplicated): repeats would flatter encode()'s de-dup.
     texts = corpus[: args.n]
     service = EmbeddingService(
-        args.model, device=args.device, forward_batch=args.batch, cache_size=0
+        args.model,
+        device=args.device,
+        forward_batch=args.batch,
+        max_batch=args.max_batch,
+        cache_size=0,
     ).start()
     batch = service.forward_batch
     model = service._model  # the very same object on both sides

@@ -16,6 +16,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -105,6 +106,9 @@ class EmbeddingService:
         self._cache: OrderedDict[bytes, Vectors] = OrderedDict()
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
+        # One long-lived thread runs the model for ``embed``: CUDA libraries keep per-thread
+        # handles and workspaces, and asyncio's shared pool would hand batches to cold threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class EmbeddingService:
                 size += len(item.texts)
             texts = [t for p in pending for t in p.texts]
             try:
-                vectors = await asyncio.to_thread(self.encode, texts)
+                vectors = await loop.run_in_executor(self._executor, self.encode, texts)
             except Exception as exc:  # hand the failure to every caller of this batch
                 for p in pending:
                     if not p.future.done():
@@ -250,7 +254,8 @@ class EmbeddingService:
             self._queue = None
 
     def close(self) -> None:
-        """Release the tokenizer threads and the model."""
+        """Release the threads and the model."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
         if self._fast is not None:
             self._fast.close()
             self._fast = None
