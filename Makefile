@@ -47,6 +47,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.pii
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.embedding --n 1000 --repeats 2
+	$(BIN)/python -m bench.drift
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache
