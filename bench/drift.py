@@ -17,13 +17,12 @@ import csv
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from detectors.drift import RateDrift, mean_shift_test
+from detectors.eval_sets import SHARED as EVAL
 
-EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 CHANGE_AT, WINDOWS = 100, 200
 
 

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 from detectors.embedding import EmbeddingService
-
-EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
+from detectors.eval_sets import SHARED as EVAL
 
 
 def eval_texts() -> list[str]:

@@ -17,7 +17,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,7 +61,7 @@ class EmbeddingStats:
     texts: int = 0
     cache_hits: int = 0
     batches: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    model_calls: int = 0
 
 
 class EmbeddingService:
@@ -182,7 +182,7 @@ class EmbeddingService:
     def _encode_unique(self, texts: list[str]) -> Vectors:
         batch = self.forward_batch or len(texts)
         self.stats.batches += -(-len(texts) // batch)
-        self.stats.batch_sizes.append(len(texts))
+        self.stats.model_calls += 1
         if self._fast is not None:
             return self._fast.encode(texts, batch)
         vectors = self._model.encode(

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+# ../shared/eval beside the repository: labelled external data, read in place, never copied.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 EVAL = SHARED / "hallucination"
 INJECTION = SHARED / "prompt_injection"

@@ -31,6 +31,7 @@ class FastEncoder:
         self.tokenizer = tokenizer
         self.input_names = tuple(input_names)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
+        self.pin = str(model.device).startswith("cuda")  # page-locked copies only feed a GPU
 
     @classmethod
     def from_model(cls, model: Any, threads: int | None = None) -> FastEncoder | None:
@@ -64,7 +65,7 @@ class FastEncoder:
         if "token_type_ids" in self.input_names:
             types = np.array([e.type_ids for e in encodings], dtype=np.int64)
             features["token_type_ids"] = torch.from_numpy(types)
-        if torch.cuda.is_available():
+        if self.pin:
             features = {k: v.pin_memory() for k, v in features.items()}
         return features
 

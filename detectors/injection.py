@@ -141,8 +141,15 @@ class InjectionDetector:
         return scores
 
     def score_texts(self, texts: Sequence[str]) -> list[float]:
-        similarity = self.similarity_scores(texts)
-        return [max(self.pattern_score(t)[0], s) for t, s in zip(texts, similarity, strict=True)]
+        return [score for score, _ in self._scored(texts)]
+
+    def _scored(self, texts: Sequence[str]) -> list[tuple[float, list[str]]]:
+        """Per text: the larger of the two signals, and the names of the matching patterns."""
+        out = []
+        for text, similarity in zip(texts, self.similarity_scores(texts), strict=True):
+            pattern, names = self.pattern_score(text)
+            out.append((max(pattern, similarity), names))
+        return out
 
     def score(self, batch: Sequence[Event]) -> list[Finding]:
         items: list[tuple[Event, str, str]] = []
@@ -152,12 +159,12 @@ class InjectionDetector:
             items.extend((event, f"context[{i}]", c) for i, c in enumerate(event.context) if c)
         if not items:
             return []
-        scores = self.score_texts([text for _, _, text in items])
+        scored = self._scored([text for _, _, text in items])
         best: dict[str, tuple[float, str, list[str]]] = {}
-        for (event, where, text), score in zip(items, scores, strict=True):
+        for (event, where, _), (score, patterns) in zip(items, scored, strict=True):
             current = best.get(event.request_id)
             if current is None or score > current[0]:
-                best[event.request_id] = (score, where, self.pattern_score(text)[1])
+                best[event.request_id] = (score, where, patterns)
         findings = []
         for event in batch:
             if event.request_id not in best:

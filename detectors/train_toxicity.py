@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from detectors.embedding import EmbeddingService
+from detectors.eval_sets import SHARED as EVAL
 from detectors.toxicity import DEFAULT_HEAD, ToxicityHead
 
-EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 DATA = EVAL / "toxicity" / "davidson_labeled_data.csv"
 NEUTRAL = EVAL / "hallucination" / "halueval_qa_one-turn_data.jsonl"
 NEUTRAL_TRAIN_ROWS = 400

@@ -245,13 +245,29 @@ def eval_pii(
     console.print(f"{report['texts_per_s']} texts/s")
 
 
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object last")]
+ModelDir = Annotated[
+    Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
+]
+
+
+def _print_report(report: dict[str, Any], as_json: bool, title: str) -> None:
+    """A binary report: one JSON line (the last thing printed), or a table."""
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    table = Table(title=title)
+    for key in report:
+        table.add_column(key)
+    table.add_row(*[str(v) for v in report.values()])
+    console.print(table)
+
+
 @eval_app.command("toxicity")
 def eval_toxicity(
     file: Annotated[Path, typer.Argument(help='JSONL: {"text", "label"} (1 = toxic)')],
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
-    model: Annotated[
-        Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
-    ] = None,
+    as_json: JsonFlag = False,
+    model: ModelDir = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 at the shipped threshold of the toxicity detector."""
     from detectors.embedding import EmbeddingService
@@ -287,23 +303,14 @@ def _eval_text_detector(file: Path, as_json: bool, build: Callable[[], _TextScor
         err.print(
             f"false-positive rate: {flagged / len(negatives):.4f} ({flagged}/{len(negatives)})"
         )
-    if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
-    table = Table(title=f"{file}")
-    for key in report:
-        table.add_column(key)
-    table.add_row(*[str(v) for v in report.values()])
-    console.print(table)
+    _print_report(report, as_json, title=str(file))
 
 
 @eval_app.command("injection")
 def eval_injection(
     file: Annotated[Path, typer.Argument(help='JSONL: {"text", "label"} (1 = injection)')],
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
-    model: Annotated[
-        Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
-    ] = None,
+    as_json: JsonFlag = False,
+    model: ModelDir = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 of the injection detector; false-positive rate on stderr."""
     from detectors.embedding import EmbeddingService
@@ -318,10 +325,8 @@ def eval_hallucination(
         Path,
         typer.Argument(help='JSONL: {"response", "context": [..] or "samples": [..], "label"}'),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object last")] = False,
-    model: Annotated[
-        Path | None, typer.Option(help="local embedding model directory (default: MiniLM)")
-    ] = None,
+    as_json: JsonFlag = False,
+    model: ModelDir = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 of the hallucination detector (1 = hallucinated)."""
     from detectors.embedding import EmbeddingService
@@ -348,16 +353,9 @@ def eval_hallucination(
         flagged.append(support.score >= detector.thresholds[support.mode])
         modes.add(support.mode)
     seconds = time.perf_counter() - started
-    threshold = detector.thresholds[modes.pop()] if len(modes) == 1 else float("nan")
+    threshold = detector.thresholds[modes.pop()] if len(modes) == 1 else None  # mixed modes
     report = binary_report(labels, scores, threshold, seconds, flagged)
-    if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
-    table = Table(title=f"hallucination on {file}")
-    for key in report:
-        table.add_column(key)
-    table.add_row(*[str(v) for v in report.values()])
-    console.print(table)
+    _print_report(report, as_json, title=f"hallucination on {file}")
 
 
 def main() -> None:

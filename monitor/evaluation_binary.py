@@ -51,7 +51,7 @@ def load_samples(lines: Iterable[bytes | str], kind: type[Line] = LabelledSample
 def binary_report(
     labels: Sequence[int],
     scores: Sequence[float],
-    threshold: float,
+    threshold: float | None,
     seconds: float,
     flagged: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
@@ -60,7 +60,10 @@ def binary_report(
     from sklearn.metrics import roc_auc_score
 
     n = len(labels)
-    flagged = [s >= threshold for s in scores] if flagged is None else flagged
+    if flagged is None:
+        if threshold is None:
+            raise ValueError("binary_report needs a threshold or the flagged decisions")
+        flagged = [s >= threshold for s in scores]
     tp = sum(1 for f, y in zip(flagged, labels, strict=True) if f and y == 1)
     fp = sum(1 for f, y in zip(flagged, labels, strict=True) if f and y == 0)
     fn = sum(1 for f, y in zip(flagged, labels, strict=True) if not f and y == 1)
@@ -73,7 +76,7 @@ def binary_report(
         "precision": round(precision, 4),
         "recall": round(recall, 4),
         "f1": round(f1, 4),
-        "threshold": round(threshold, 4),
+        "threshold": None if threshold is None else round(threshold, 4),
         "n": n,
         "texts_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }

@@ -16,11 +16,28 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from detectors.embedding import EmbeddingService
 from monitor.broker import BundledBroker, ensure_topics, free_port, pipeline_topics, start_broker
 from monitor.config import KafkaSettings
 from monitor.demo import metric_sum, scrape, start_worker, stop_worker
+from monitor.events import Event, decode_event
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def decoded_event(request_id: str, **fields: object) -> Event:
+    """A valid event (required fields filled in) through the real decoder."""
+    base = {"request_id": request_id, "timestamp": 1_700_000_000_000, "model": "m",
+            "model_version": "v"}  # fmt: skip
+    return decode_event(json.dumps(base | fields).encode())
+
+
+@pytest.fixture(scope="session")
+def cpu_embeddings() -> Iterator[EmbeddingService]:
+    """The default model on CPU, loaded once for every detector test."""
+    service = EmbeddingService(device="cpu").start()
+    yield service
+    service.close()
 
 
 @pytest.fixture

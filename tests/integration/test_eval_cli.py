@@ -6,6 +6,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+
+def run_eval(detector: str, data: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "eval", detector, str(data), "--json"],
+        check=check, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def last_json(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
 
 
 def test_eval_toxicity_prints_one_json_object_last(tmp_path: Path) -> None:
@@ -17,11 +30,8 @@ def test_eval_toxicity_prints_one_json_object_last(tmp_path: Path) -> None:
     ]
     data = tmp_path / "tox.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
-    out = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "eval", "toxicity", str(data), "--json"],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_eval("toxicity", data)
+    report = last_json(out)
     assert set(report) == {"auc", "precision", "recall", "f1", "threshold", "n", "texts_per_s"}
     assert report["n"] == 4 and report["auc"] == 1.0 and report["f1"] == 1.0
 
@@ -29,10 +39,7 @@ def test_eval_toxicity_prints_one_json_object_last(tmp_path: Path) -> None:
 def test_eval_toxicity_refuses_bad_input_with_the_line(tmp_path: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text('{"text": "x", "label": "yes"}\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "eval", "toxicity", str(data), "--json"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    out = run_eval("toxicity", data, check=False)
     assert out.returncode != 0
     assert "line 1" in out.stderr
 
@@ -45,11 +52,8 @@ def test_eval_hallucination_prints_one_json_object_last(tmp_path: Path) -> None:
     ]
     data = tmp_path / "halu.jsonl"
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    out = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "eval", "hallucination", str(data), "--json"],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_eval("hallucination", data)
+    report = last_json(out)
     assert report["n"] == 2 and report["auc"] == 1.0 and report["threshold"] == 0.35
 
 
@@ -62,10 +66,7 @@ def test_eval_injection_reports_and_prints_the_false_positive_rate(tmp_path: Pat
     ]
     data = tmp_path / "inj.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
-    out = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "eval", "injection", str(data), "--json"],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_eval("injection", data)
+    report = last_json(out)
     assert report["n"] == 4 and report["auc"] == 1.0
     assert "false-positive rate: 0.0000 (0/2)" in out.stderr

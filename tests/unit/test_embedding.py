@@ -72,7 +72,7 @@ def test_empty_input_gives_an_empty_matrix(service: EmbeddingService) -> None:
 
 
 def test_concurrent_embed_calls_share_micro_batches(service: EmbeddingService) -> None:
-    batches_before = len(service.stats.batch_sizes)
+    calls_before = service.stats.model_calls
     chunks = [[f"request {i} sentence {j}" for j in range(3)] for i in range(10)]
 
     async def run() -> list[np.ndarray]:
@@ -83,7 +83,7 @@ def test_concurrent_embed_calls_share_micro_batches(service: EmbeddingService) -
 
     results = asyncio.run(run())
     assert [r.shape[0] for r in results] == [3] * 10
-    assert len(service.stats.batch_sizes) - batches_before < 10  # merged, not one per call
+    assert service.stats.model_calls - calls_before < 10  # merged, not one per call
     expected = service.encode(chunks[4])
     assert np.allclose(results[4], expected, atol=1e-6)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import HallucinationDetector, content_words, novelty, sentences
-from monitor.events import decode_event
+from tests.conftest import decoded_event
 
 PASSAGE = (
     "The Eiffel Tower is a wrought-iron lattice tower in Paris. "
@@ -18,10 +17,8 @@ PASSAGE = (
 
 
 @pytest.fixture(scope="module")
-def detector() -> Iterator[HallucinationDetector]:
-    service = EmbeddingService(device="cpu").start()
-    yield HallucinationDetector(service)
-    service.close()
+def detector(cpu_embeddings: EmbeddingService) -> HallucinationDetector:
+    return HallucinationDetector(cpu_embeddings)
 
 
 def test_sentences_and_content_words() -> None:
@@ -73,19 +70,10 @@ def test_nothing_to_check_against_gives_no_finding(detector: HallucinationDetect
 
 
 def test_findings_from_events(detector: HallucinationDetector) -> None:
-    def event(rid: str, **fields: object) -> bytes:
-        base = {
-            "request_id": rid,
-            "timestamp": 1_700_000_000_000,
-            "model": "m",
-            "model_version": "v",
-        }
-        return json.dumps(base | fields).encode()
-
     batch = [
-        decode_event(event("ok", response="The tower is in Paris.", context=[PASSAGE])),
-        decode_event(event("bad", response="It was built in Rome by Caesar.", context=[PASSAGE])),
-        decode_event(event("none", response="Hello there.")),
+        decoded_event("ok", response="The tower is in Paris.", context=[PASSAGE]),
+        decoded_event("bad", response="It was built in Rome by Caesar.", context=[PASSAGE]),
+        decoded_event("none", response="Hello there."),
     ]
     findings = {f.request_id: f for f in detector.score(batch)}
     assert set(findings) == {"ok", "bad"}

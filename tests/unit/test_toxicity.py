@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 from detectors.embedding import EmbeddingService
 from detectors.toxicity import ToxicityDetector, ToxicityHead
 from monitor.evaluation_binary import binary_report, load_samples
-from monitor.events import decode_event
+from tests.conftest import decoded_event
 
 TOXIC = [
     "You are a worthless idiot and everyone hates you.",
@@ -28,10 +26,8 @@ CLEAN = [
 
 
 @pytest.fixture(scope="module")
-def detector() -> Iterator[ToxicityDetector]:
-    service = EmbeddingService(device="cpu").start()
-    yield ToxicityDetector(service)
-    service.close()
+def detector(cpu_embeddings: EmbeddingService) -> ToxicityDetector:
+    return ToxicityDetector(cpu_embeddings)
 
 
 def test_shipped_head_names_its_data_and_licence() -> None:
@@ -52,19 +48,10 @@ def test_clean_text_is_not_flagged(detector: ToxicityDetector, text: str) -> Non
 
 
 def test_findings_score_responses_and_report_the_prompt(detector: ToxicityDetector) -> None:
-    def event(rid: str, **fields: object) -> bytes:
-        base = {
-            "request_id": rid,
-            "timestamp": 1_700_000_000_000,
-            "model": "m",
-            "model_version": "v",
-        }
-        return json.dumps(base | fields).encode()
-
     batch = [
-        decode_event(event("a", prompt="Insult me", response=TOXIC[0])),
-        decode_event(event("b", prompt="Capital of France?", response=CLEAN[1])),
-        decode_event(event("c", prompt="no answer", status="error")),
+        decoded_event("a", prompt="Insult me", response=TOXIC[0]),
+        decoded_event("b", prompt="Capital of France?", response=CLEAN[1]),
+        decoded_event("c", prompt="no answer", status="error"),
     ]
     findings = {f.request_id: f for f in detector.score(batch)}
     assert set(findings) == {"a", "b"}  # no response, nothing to score
