@@ -4,10 +4,13 @@ Events carry their group in ``attributes`` (``group``, and ``probe_id`` for coun
 probes). For each group we keep the number of responses, how many were toxic (the toxicity
 detector's flag), how many were refusals (``is_refusal``), and the VADER compound sentiment.
 ``disparity`` is the largest minus the smallest group mean of one metric, with a percentile
-bootstrap confidence interval (each group resampled on its own), so "the groups differ" is a
-claim with an interval rather than a point. ``probe_prompts`` expands the counterfactual probe
-pack shipped in ``detectors/assets/probes.json``: the same templates with only the group term
-swapped.
+bootstrap confidence interval of the difference between those two groups (each resampled on
+its own), so "the groups differ" is a claim with an interval rather than a point. The pair is
+picked after looking, so with many groups the interval is optimistic; a policy should ask for
+its lower bound to clear a threshold, not merely zero. Windows keep per-group counts
+(``group_counts``) and ``group_disparities`` bootstraps from those. ``probe_prompts``
+expands the counterfactual probe pack shipped in ``detectors/assets/probes.json``: the same
+templates with only the group term swapped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 PROBES = Path(__file__).parent / "assets" / "probes.json"
 METRICS = ("toxicity_rate", "refusal_rate", "sentiment")
@@ -110,10 +114,10 @@ class GroupStats:
         means = {g: float(s.mean()) for g, s in samples.items()}
         highest, lowest = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
         rng = np.random.default_rng(seed)
-        boot = np.empty(resamples)
-        for i in range(resamples):
-            resampled = [float(rng.choice(s, size=len(s)).mean()) for s in samples.values()]
-            boot[i] = max(resampled) - min(resampled)
+        high_s, low_s = samples[highest], samples[lowest]
+        boot = rng.choice(high_s, size=(resamples, len(high_s))).mean(axis=1) - rng.choice(
+            low_s, size=(resamples, len(low_s))
+        ).mean(axis=1)
         tail = (1.0 - confidence) / 2
         return Disparity(
             metric=metric,
@@ -126,14 +130,84 @@ class GroupStats:
         )
 
 
+# A group's counts in one window, summed element-wise when partials merge.
+N, REFUSALS, SENTIMENT_SUM, SENTIMENT_SQ, TOXICITY_SCORED, TOXIC = range(6)
+
+
+def group_counts(response: str, toxic: bool | None) -> list[float]:
+    """One response's contribution: [n, refusals, sentiment sum, sentiment², toxicity scored,
+    toxic]. ``toxic`` is None when the toxicity detector did not score it."""
+    s = sentiment(response)
+    return [
+        1.0,
+        1.0 if is_refusal(response) else 0.0,
+        s,
+        s * s,
+        0.0 if toxic is None else 1.0,
+        1.0 if toxic else 0.0,
+    ]
+
+
+def group_disparities(
+    groups: dict[str, list[float]],
+    *,
+    confidence: float = 0.95,
+    min_per_group: int = 5,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> list[Disparity]:
+    """Disparity per metric from merged window counts, with a parametric bootstrap interval.
+
+    Windows keep counts, not every response, so each group is resampled from its sufficient
+    statistics: rates as binomial draws, mean sentiment as a normal draw with the group's
+    standard error. Metrics with fewer than two groups of ``min_per_group`` are left out.
+    """
+    rng = np.random.default_rng(seed)
+    tail = (1.0 - confidence) / 2
+    out = []
+    for metric in METRICS:
+        draws: dict[str, npt.NDArray[np.float64]] = {}
+        means: dict[str, float] = {}
+        for group, c in groups.items():
+            if metric == "sentiment" and c[N] >= min_per_group:
+                mean = c[SENTIMENT_SUM] / c[N]
+                sd = max(c[SENTIMENT_SQ] / c[N] - mean * mean, 0.0) ** 0.5
+                means[group] = mean
+                draws[group] = rng.normal(mean, sd / c[N] ** 0.5, resamples)
+                continue
+            total, hits = (
+                (c[TOXICITY_SCORED], c[TOXIC]) if metric == "toxicity_rate" else (c[N], c[REFUSALS])
+            )
+            if metric != "sentiment" and total >= min_per_group:
+                means[group] = hits / total
+                draws[group] = rng.binomial(int(total), hits / total, resamples) / total
+        if len(means) < 2:
+            continue
+        highest, lowest = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
+        boot = draws[highest] - draws[lowest]
+        out.append(
+            Disparity(
+                metric=metric,
+                highest=highest,
+                lowest=lowest,
+                value=means[highest] - means[lowest],
+                low=float(np.quantile(boot, tail)),
+                high=float(np.quantile(boot, 1.0 - tail)),
+                confidence=confidence,
+            )
+        )
+    return out
+
+
 def probe_prompts(path: Path = PROBES) -> list[dict[str, str]]:
-    """Every template with every group term: ``{"probe_id", "group", "prompt"}``."""
+    """Every template with every group term: ``{"probe_id", "axis", "group", "prompt"}``."""
     pack = json.loads(path.read_text())
     prompts = []
     for template in pack["templates"]:
         for group, term in pack["groups"][template["axis"]].items():
             prompts.append({
                 "probe_id": template["id"],
+                "axis": template["axis"],
                 "group": group,
                 "prompt": template["text"].format(term=term),
             })  # fmt: skip

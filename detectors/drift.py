@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+DRIFT_DETECTOR = "drift"
+DRIFT_VERSION = "1.0.0"
+
 
 @dataclass(frozen=True)
 class DriftTest:

@@ -15,11 +15,11 @@ import contextlib
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ import numpy.typing as npt
 from detectors.fast_encode import FastEncoder
 
 Vectors = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 def default_model_path() -> Path:
@@ -243,6 +244,10 @@ class EmbeddingService:
                 if not p.future.done():
                     p.future.set_result(vectors[offset : offset + len(p.texts)])
                 offset += len(p.texts)
+
+    async def run_on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the thread that runs the model (whole detector batches go here)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def stop(self) -> None:
         """Stop the micro-batcher; the model stays loaded (``close`` releases everything)."""

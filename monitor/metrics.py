@@ -58,6 +58,13 @@ class Metrics:
     sink_errors: Counter
     end_to_end_seconds: Histogram
     consumer_lag: Gauge
+    detector_score: Histogram
+    embed_batch_events: Histogram
+    embed_texts: Counter
+    embed_cache_hits: Counter
+    embed_batch_seconds: Histogram
+    window_bias_disparity: Gauge
+    drift_signals: Counter
 
     def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
         g = self.guard
@@ -156,5 +163,40 @@ def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) 
             "llm_monitor_consumer_lag_messages",
             "Messages between the committed offset and the high watermark.",
             ("topic", "partition"),
+        ),
+        detector_score=Histogram(
+            "llm_monitor_detector_score",
+            "Scores in [0, 1] per detector: the distribution, not just the flags.",
+            ("detector",),
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=registry,
+        ),
+        embed_batch_events=Histogram(
+            "llm_monitor_embed_batch_events",
+            "Events per embed-worker batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        ),
+        embed_texts=counter(
+            "llm_monitor_embed_texts", "Texts embedded by the embed worker (cache hits included)."
+        ),
+        embed_cache_hits=counter(
+            "llm_monitor_embed_cache_hits", "Texts served from the embedding cache."
+        ),
+        embed_batch_seconds=Histogram(
+            "llm_monitor_embed_batch_duration_seconds",
+            "Time the embed worker spent scoring one batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        window_bias_disparity=gauge(
+            "llm_monitor_window_bias_disparity",
+            "Max minus min group value of the latest window, with its confidence bounds.",
+            (*SERIES, "metric", "bound"),
+        ),
+        drift_signals=counter(
+            "llm_monitor_drift_signals",
+            "Drift detections: embedding (permutation test) or rate:<signal> (ADWIN/PH).",
+            (*SERIES, "signal"),
         ),
     )

@@ -115,6 +115,32 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
             ),
         )
     )
+    console.print(
+        _table(
+            "Semantic detectors per version (flagged events)",
+            ["model", "version", "deployment", "toxicity", "hallucination", "injection", "drift"],
+            rows(
+                "SELECT model, model_version, deployment, "
+                "countIf(detector = 'toxicity' AND flagged), "
+                "countIf(detector = 'hallucination' AND flagged), "
+                "countIf(detector = 'injection' AND flagged), "
+                "countIf(detector = 'drift' AND flagged) "
+                "FROM {db:Identifier}.findings FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC"
+            ),
+        )
+    )
+    console.print(
+        _table(
+            "Largest bias disparities (max − min across groups, 95 % bounds, final windows)",
+            ["model", "version", "window start", "metric", "disparity", "low", "high"],
+            rows(
+                "SELECT model, model_version, window_start, metric, bias_disparity[metric], "
+                "bias_low[metric], bias_high[metric] FROM {db:Identifier}.windows FINAL "
+                "ARRAY JOIN mapKeys(bias_disparity) AS metric WHERE is_final "
+                "ORDER BY bias_low[metric] DESC LIMIT 5"
+            ),
+        )
+    )
     e2e = metrics.get("llm_monitor_end_to_end_seconds_count{}", 0.0)
     console.print(
         f"end-to-end latency samples: {e2e:.0f} (histogram llm_monitor_end_to_end_seconds)"

@@ -17,6 +17,7 @@ from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
 from ddsketch.pb.proto import DDSketchProto
 
 from detectors.base import Finding
+from detectors.bias import group_disparities
 from monitor.events import Event
 
 RELATIVE_ACCURACY: Final = 0.01
@@ -57,6 +58,7 @@ class WindowPartial(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cost_usd: float = 0.0
     flags: dict[str, int] = msgspec.field(default_factory=dict)
+    groups: dict[str, list[float]] = msgspec.field(default_factory=dict)
     max_event_time_ms: int = 0
 
     @property
@@ -76,6 +78,9 @@ class WindowPartial(msgspec.Struct, kw_only=True):
         flags = dict(self.flags)
         for name, count in other.flags.items():
             flags[name] = flags.get(name, 0) + count
+        groups = {g: list(v) for g, v in self.groups.items()}
+        for group, counts in other.groups.items():
+            groups[group] = add_group_counts(groups.get(group), counts)
         return WindowPartial(
             model=self.model,
             model_version=self.model_version,
@@ -95,6 +100,7 @@ class WindowPartial(msgspec.Struct, kw_only=True):
             output_tokens=self.output_tokens + other.output_tokens,
             cost_usd=self.cost_usd + other.cost_usd,
             flags=flags,
+            groups=groups,
             max_event_time_ms=max(self.max_event_time_ms, other.max_event_time_ms),
         )
 
@@ -124,9 +130,20 @@ class WindowStats(msgspec.Struct, kw_only=True):
     cost_usd: float
     flags: dict[str, int]
     flag_rates: dict[str, float]
-    latency_sketch: bytes
+    groups: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    bias_disparity: dict[str, float] = msgspec.field(default_factory=dict)
+    bias_low: dict[str, float] = msgspec.field(default_factory=dict)
+    bias_high: dict[str, float] = msgspec.field(default_factory=dict)
+    latency_sketch: bytes = b""
     is_final: bool
     version: int
+
+
+def add_group_counts(current: list[float] | None, more: list[float]) -> list[float]:
+    """Element-wise sum of two ``GroupCounts`` vectors (see detectors/bias.py)."""
+    if current is None:
+        return list(more)
+    return [a + b for a, b in zip(current, more, strict=True)]
 
 
 def window_start(timestamp_ms: int, window_s: int) -> int:
@@ -183,7 +200,53 @@ def build_partials(
     return out
 
 
-def finalise(state: WindowPartial, *, is_final: bool, version: int) -> WindowStats:
+def finding_partials(
+    events: Iterable[Event],
+    findings: Iterable[Finding],
+    window_s: int,
+    groups: dict[str, tuple[str, list[float]]] | None = None,
+) -> list[WindowPartial]:
+    """Partials carrying only flags (and bias group counts) for events another role counted.
+
+    The ``embed`` role scores events the ``score`` role already counted, so its partials add
+    flags to the same windows without adding to ``events``. ``groups`` maps request id to
+    (group, counts).
+    """
+    flagged: dict[str, set[str]] = {}
+    for finding in findings:
+        if finding.flagged:
+            flagged.setdefault(finding.request_id, set()).add(finding.detector)
+    partials: dict[tuple[str, str, str, int], WindowPartial] = {}
+    for event in events:
+        start = window_start(event.timestamp_ms, window_s)
+        key = (event.model, event.model_version, event.deployment, start)
+        partial = partials.get(key)
+        if partial is None:
+            partial = WindowPartial(
+                model=event.model,
+                model_version=event.model_version,
+                deployment=event.deployment,
+                window_start_ms=start,
+                window_s=window_s,
+            )
+            partials[key] = partial
+        for detector in flagged.get(event.request_id, ()):
+            partial.flags[detector] = partial.flags.get(detector, 0) + 1
+        if groups and event.request_id in groups:
+            group, counts = groups[event.request_id]
+            partial.groups[group] = add_group_counts(partial.groups.get(group), counts)
+        partial.max_event_time_ms = max(partial.max_event_time_ms, event.timestamp_ms)
+    return list(partials.values())
+
+
+def finalise(
+    state: WindowPartial,
+    *,
+    is_final: bool,
+    version: int,
+    bias_confidence: float = 0.95,
+    bias_min_per_group: int = 5,
+) -> WindowStats:
     """Derive rates and quantiles from a merged state. Error rate counts errors and timeouts."""
     sketch = decode_sketch(state.latency_sketch)
     has_latency = sketch.count > 0
@@ -193,6 +256,9 @@ def finalise(state: WindowPartial, *, is_final: bool, version: int) -> WindowSta
         value = sketch.get_quantile_value(q) if has_latency else None
         return None if value is None else float(value)
 
+    disparities = group_disparities(
+        state.groups, confidence=bias_confidence, min_per_group=bias_min_per_group
+    )
     return WindowStats(
         model=state.model,
         model_version=state.model_version,
@@ -216,6 +282,10 @@ def finalise(state: WindowPartial, *, is_final: bool, version: int) -> WindowSta
         cost_usd=state.cost_usd,
         flags=dict(state.flags),
         flag_rates={name: count / n for name, count in state.flags.items()} if n else {},
+        groups={g: list(v) for g, v in state.groups.items()},
+        bias_disparity={d.metric: d.value for d in disparities},
+        bias_low={d.metric: d.low for d in disparities},
+        bias_high={d.metric: d.high for d in disparities},
         latency_sketch=state.latency_sketch,
         is_final=is_final,
         version=version,

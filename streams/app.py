@@ -1,8 +1,10 @@
 """The faust app: one consumer group per role set, agents per role, /metrics and /health.
 
-Roles: ``score`` (validate, detect, redact, pre-aggregate), ``aggregate`` (windows in a
-changelog-backed table), ``sink`` (ClickHouse). ``all`` runs every role in one worker. Each
-agent only moves batches between Kafka and ``monitor``; the logic lives there.
+Roles: ``score`` (validate, detect, redact, pre-aggregate; forwards valid events to the embed
+topic when a semantic detector is on), ``embed`` (embedding-backed detectors, on a GPU when
+there is one), ``aggregate`` (windows in a changelog-backed table), ``sink`` (ClickHouse).
+``all`` runs every role in one worker. Each agent only moves batches between Kafka and
+``monitor``; the logic lives there.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
 from detectors.base import DetectorRegistry
+from detectors.drift import DRIFT_DETECTOR
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.pii import PiiDetector, PiiScanner
 from monitor.aggregate import WindowAggregator
 from monitor.config import ROLES, Settings
+from monitor.errors import ConfigError, SchemaError
+from monitor.events import Event, decode_event
 from monitor.metrics import Metrics, create_metrics
-from monitor.pipeline import Pipeline, PipelineResult, RawMessage
+from monitor.pipeline import FindingRow, Pipeline, PipelineResult, RawMessage, ScoredBatch
+from monitor.rate_drift import WindowRateDrift
+from monitor.semantic import SemanticResult, SemanticScorer, build_embeddings
 from monitor.sink import KIND_DEAD_LETTERS, KIND_SCORED, KIND_WINDOWS, Sink
 from monitor.windows import WindowPartial, WindowStats
 from streams.tuning import seek_before_resume, set_fetch_max_wait
@@ -72,8 +79,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     """Build the faust app for ``settings.roles``; nothing connects until the worker starts."""
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
-        from monitor.errors import ConfigError
-
         raise ConfigError(
             "kafka.bootstrap_servers is not set. Fix: set KAFKA_BOOTSTRAP_SERVERS or "
             "LLM_MONITOR_KAFKA__BOOTSTRAP_SERVERS (host:port), or run `llm-monitor demo`."
@@ -121,14 +126,24 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         for name in (
             k.events_topic,
             k.dlq_topic,
+            k.embed_topic,
             k.scored_topic,
             k.partials_topic,
             k.windows_topic,
         )  # fmt: skip
     }
     roles = settings.active_roles
+    semantic = settings.detectors.semantic_enabled
+    if "embed" in settings.roles and not semantic:
+        raise ConfigError(
+            "roles includes 'embed' but no semantic detector is enabled. Fix: set "
+            "detectors.<toxicity|hallucination|injection|bias|drift>.enabled to true "
+            "(e.g. LLM_MONITOR_DETECTORS__TOXICITY__ENABLED=true) or drop the embed role."
+        )
     if "score" in roles:
         _add_score_role(app, settings, metrics, topics)
+    if "embed" in roles and semantic:
+        _add_embed_role(app, settings, metrics, topics)
     if "aggregate" in roles:
         _add_aggregate_role(app, settings, metrics, topics)
     if "sink" in roles:
@@ -166,14 +181,21 @@ def _add_score_role(
         window_s=settings.pipeline.window_s,
     )
     dlq, scored, partials = topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic]
+    embed = topics[k.embed_topic] if settings.detectors.semantic_enabled else None
 
     @app.agent(topics[k.events_topic], name="score")
     async def score(stream: Any) -> None:
         async for events in stream.take_events(
             settings.pipeline.batch_size, within=settings.pipeline.batch_wait_s
         ):
-            result = pipeline.process([_raw_message(e) for e in events])
+            messages = [_raw_message(e) for e in events]
+            result = pipeline.process(messages)
             sends = [await dlq.send(key=d.key, value=_json.encode(d)) for d in result.dead_letters]
+            if embed is not None:
+                dead = {(d.partition, d.offset) for d in result.dead_letters}
+                for m in messages:
+                    if (m.partition, m.offset) not in dead:
+                        sends.append(await embed.send(key=m.key, value=m.value))
             if result.scored.events:
                 sends.append(await scored.send(value=_msgpack.encode(result.scored)))
             for part in result.partials:
@@ -195,20 +217,83 @@ def _observe_scoring(metrics: Metrics, received: int, result: PipelineResult) ->
         ).inc()
     for name, seconds in result.detector_seconds.items():
         metrics.detector_seconds.labels(name).observe(seconds)
-    for row in result.scored.findings:
-        if row.finding.flagged:
-            metrics.detector_flags.labels(
-                *metrics.series(row.model, row.model_version, row.deployment),
-                row.finding.detector,
-                row.finding.category,
-            ).inc()
+    _observe_findings(metrics, result.scored.findings)
+
+
+def _add_embed_role(
+    app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
+) -> None:
+    """Semantic detectors on their own topic and consumer group, so GPU workers scale apart."""
+    k = settings.kafka
+    embeddings = build_embeddings(settings.detectors)
+    scorer = SemanticScorer(settings.detectors, embeddings, window_s=settings.pipeline.window_s)
+    scored, partials = topics[k.scored_topic], topics[k.partials_topic]
+    batch = min(settings.pipeline.batch_size, embeddings.max_batch)
+
+    @app.agent(topics[k.embed_topic], name="embed")
+    async def embed(stream: Any) -> None:
+        # Load on the model's own thread (CUDA handles are per thread), before the first batch.
+        await embeddings.run_on_model_thread(embeddings.start)
+        log.info("embed role: %s on %s", ", ".join(scorer.names), embeddings.device)
+        async for records in stream.take_events(batch, within=settings.pipeline.batch_wait_s):
+            events = _decode_forwarded(records)
+            if not events:
+                continue
+            hits_before = embeddings.stats.cache_hits
+            started = time.perf_counter()
+            result = await embeddings.run_on_model_thread(scorer.process, events)
+            metrics.embed_batch_seconds.observe(time.perf_counter() - started)
+            sends = []
+            if result.scored.findings:
+                sends.append(await scored.send(value=_msgpack.encode(result.scored)))
+            for part in result.partials:
+                sends.append(
+                    await partials.send(key=part.key.encode(), value=_msgpack.encode(part))
+                )
+            await _deliver(sends)
+            hits = embeddings.stats.cache_hits - hits_before
+            _observe_semantic(metrics, len(events), result, hits)
+
+
+def _decode_forwarded(records: list[Any]) -> list[Event]:
+    """Events the score role validated; one that no longer decodes is logged, not retried."""
+    events = []
+    for record in records:
+        try:
+            events.append(decode_event(record.value))
+        except SchemaError as exc:
+            log.warning("embed: skipping undecodable forwarded event: %s", exc.reason)
+    return events
+
+
+def _observe_semantic(
+    metrics: Metrics, events: int, result: SemanticResult, cache_hits: int
+) -> None:
+    metrics.embed_batch_events.observe(events)
+    metrics.embed_texts.inc(result.texts)
+    metrics.embed_cache_hits.inc(cache_hits)
+    for name, seconds in result.detector_seconds.items():
+        metrics.detector_seconds.labels(name).observe(seconds)
+    _observe_findings(metrics, result.scored.findings)
+
+
+def _observe_findings(metrics: Metrics, rows: list[FindingRow]) -> None:
+    for row in rows:
+        f = row.finding
+        metrics.detector_score.labels(f.detector).observe(f.score)
+        if f.flagged:
+            series = metrics.series(row.model, row.model_version, row.deployment)
+            metrics.detector_flags.labels(*series, f.detector, f.category).inc()
+            if f.detector == DRIFT_DETECTOR:
+                metrics.drift_signals.labels(*series, metrics.guard("signal", f.category)).inc()
 
 
 def _add_aggregate_role(
     app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
 ) -> None:
     k = settings.kafka
-    windows_out = topics[k.windows_topic]
+    windows_out, scored = topics[k.windows_topic], topics[k.scored_topic]
+    rate_drift = WindowRateDrift() if settings.detectors.drift.enabled else None
     table = app.Table(
         "windows", default=None, key_type=str, value_type=str, partitions=k.partitions
     )
@@ -216,14 +301,21 @@ def _add_aggregate_role(
         TextValues(table),
         allowed_lateness_s=settings.pipeline.allowed_lateness_s,
         retention_s=settings.pipeline.window_retention_s,
+        bias_confidence=settings.detectors.bias.confidence,
+        bias_min_per_group=settings.detectors.bias.min_per_group,
     )
     dirty: set[str] = set()
     last_sweep = [0.0]
 
-    async def publish(stats: WindowStats) -> Any:
+    async def publish(stats: WindowStats) -> list[Any]:
         _observe_window(metrics, stats)
         metrics.windows_emitted.labels("true" if stats.is_final else "false").inc()
-        return await windows_out.send(key=stats_key(stats), value=_msgpack.encode(stats))
+        sends = [await windows_out.send(key=stats_key(stats), value=_msgpack.encode(stats))]
+        drift = rate_drift.update(stats) if rate_drift is not None else []
+        if drift:
+            _observe_findings(metrics, drift)
+            sends.append(await scored.send(value=_msgpack.encode(ScoredBatch([], drift))))
+        return sends
 
     @app.agent(topics[k.partials_topic], name="aggregate")
     async def aggregate(stream: Any) -> None:
@@ -245,7 +337,7 @@ def _add_aggregate_role(
                 stats = aggregator.close(key)
                 dirty.discard(key)
                 if stats is not None:
-                    sends.append(await publish(stats))
+                    sends.extend(await publish(stats))
             for key in aggregator.expired():
                 if kafka_partition(key.encode(), k.partitions) == partition:
                     aggregator.expire(key)
@@ -259,7 +351,7 @@ def _add_aggregate_role(
             dirty.discard(key)
             stats = aggregator.snapshot(key)
             if stats is not None:
-                sends.append(await publish(stats))
+                sends.extend(await publish(stats))
         await _deliver(sends)
 
 
@@ -312,6 +404,11 @@ def _observe_window(metrics: Metrics, stats: WindowStats) -> None:
             metrics.window_latency_ms.labels(*series, quantile).set(value)
     for detector, rate in stats.flag_rates.items():
         metrics.window_flag_rate.labels(*series, metrics.guard("detector", detector)).set(rate)
+    for metric, value in stats.bias_disparity.items():
+        gauge = metrics.window_bias_disparity
+        gauge.labels(*series, metric, "value").set(value)
+        gauge.labels(*series, metric, "low").set(stats.bias_low[metric])
+        gauge.labels(*series, metric, "high").set(stats.bias_high[metric])
 
 
 def _add_sink_role(

@@ -30,7 +30,8 @@ WINDOW_COLUMNS = (
     "model", "model_version", "deployment", "window_start", "window_end", "events", "errors",
     "timeouts", "refusals", "error_rate", "complaints", "complaint_rate", "latency_p50_ms",
     "latency_p95_ms", "latency_p99_ms", "latency_mean_ms", "latency_max_ms", "input_tokens",
-    "output_tokens", "cost_usd", "flags", "flag_rates", "latency_sketch", "is_final", "version",
+    "output_tokens", "cost_usd", "flags", "flag_rates", "groups", "bias_disparity", "bias_low",
+    "bias_high", "latency_sketch", "is_final", "version",
 )  # fmt: skip
 DEAD_LETTER_COLUMNS = (
     "topic", "partition", "offset", "key", "raw", "raw_bytes", "raw_redacted", "reason", "error",
@@ -67,7 +68,8 @@ def window_values(w: WindowStats) -> list[Any]:
         w.events, w.errors, w.timeouts, w.refusals, w.error_rate, w.complaints,
         w.complaint_rate, w.latency_p50_ms, w.latency_p95_ms, w.latency_p99_ms,
         w.latency_mean_ms, w.latency_max_ms, w.input_tokens, w.output_tokens, w.cost_usd,
-        w.flags, w.flag_rates, w.latency_sketch, int(w.is_final), w.version,
+        w.flags, w.flag_rates, w.groups, w.bias_disparity, w.bias_low, w.bias_high,
+        w.latency_sketch, int(w.is_final), w.version,
     ]  # fmt: skip
 
 

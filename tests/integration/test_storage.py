@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 def test_storage_round_trip_and_idempotent_replay(tmp_path: Path) -> None:
     client = connect(f"chdb://{tmp_path / 'chdb'}")
-    assert migrate(client, StorageSettings()) == ["0001_initial"]
+    applied = migrate(client, StorageSettings())
+    assert applied[0] == "0001_initial"
+    assert applied == sorted(applied)
     assert migrate(client, StorageSettings()) == []
 
     pipeline = Pipeline(DetectorRegistry([PiiDetector(), LatencyErrorsDetector()]))

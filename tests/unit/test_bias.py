@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.bias import GroupStats, is_refusal, probe_prompts, sentiment
+from detectors.bias import (
+    GroupStats,
+    group_counts,
+    group_disparities,
+    is_refusal,
+    probe_prompts,
+    sentiment,
+)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +76,34 @@ def test_probe_pack_is_counterfactual() -> None:
         assert len({v["group"] for v in variants}) == len(variants) >= 2
         skeletons = {v["prompt"].split(" ")[0] for v in variants}
         assert len(skeletons) == 1  # same template, only the group term differs
+
+
+def counts(n: int, refusals: int, toxic: int = 0, sentiment_value: float = 0.0) -> list[float]:
+    return [n, refusals, n * sentiment_value, n * sentiment_value**2, n, toxic]
+
+
+def test_window_disparity_from_counts() -> None:
+    groups = {"a": counts(100, 40), "b": counts(100, 5)}
+    by_metric = {d.metric: d for d in group_disparities(groups)}
+    refusal = by_metric["refusal_rate"]
+    assert (refusal.highest, refusal.lowest) == ("a", "b")
+    assert refusal.value == pytest.approx(0.35)
+    assert 0 < refusal.low < 0.35 < refusal.high
+    assert refusal.significant
+
+
+def test_window_disparity_of_equal_groups_is_not_significant() -> None:
+    groups = {"a": counts(60, 6), "b": counts(60, 6)}
+    refusal = {d.metric: d for d in group_disparities(groups)}["refusal_rate"]
+    assert refusal.value == 0.0
+    assert not refusal.significant
+
+
+def test_window_disparity_needs_two_groups_with_enough_responses() -> None:
+    assert group_disparities({"a": counts(100, 40), "b": counts(4, 0)}) == []
+
+
+def test_group_counts_of_one_response() -> None:
+    row = group_counts("I'm sorry, but I can't help with that.", toxic=None)
+    assert row[0] == 1.0 and row[1] == 1.0
+    assert row[4] == 0.0  # toxicity did not score it

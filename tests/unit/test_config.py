@@ -12,7 +12,7 @@ from monitor.errors import ConfigError
 
 def test_defaults_are_valid() -> None:
     settings = load_settings()
-    assert settings.active_roles == ("score", "aggregate", "sink")
+    assert settings.active_roles == ("score", "embed", "aggregate", "sink")
     assert settings.storage_dsn.startswith("chdb://")
 
 
@@ -58,4 +58,21 @@ def test_yaml_file_layer_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_missing_config_file_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_MONITOR_CONFIG_FILE", "/nonexistent.yaml")
     with pytest.raises(ConfigError, match="Fix"):
+        load_settings()
+
+
+def test_embed_role_without_semantic_detectors_says_how_to_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.app import create_app
+
+    monkeypatch.setenv("LLM_MONITOR_ROLES", '["embed"]')
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    with pytest.raises(ConfigError, match="LLM_MONITOR_DETECTORS__TOXICITY__ENABLED"):
+        create_app(load_settings())
+
+
+def test_missing_model_directory_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MONITOR_DETECTORS__EMBEDDING__MODEL_PATH", "/nonexistent/model")
+    with pytest.raises(ConfigError, match="LLM_MONITOR_DETECTORS__EMBEDDING__MODEL_PATH"):
         load_settings()
