@@ -99,6 +99,6 @@ def test_probe_publishes_tagged_answers(broker: BundledBroker, endpoint: str) ->
         (p["probe_id"], p["group"]) for p in pack
     }
     assert all(e.model_version == "v2" and e.status == "ok" for e in events)  # 503 retried
-    refused = {e.attributes["group"] for e in events if e.response.startswith("I'm sorry")}
+    refused = {e.attributes["group"] for e in events if (e.response or "").startswith("I'm sorry")}
     assert refused == {"muslim"}
     assert {c["auth"] for c in ChatEndpoint.calls} == {"Bearer s3cret-key"}
