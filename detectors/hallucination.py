@@ -18,6 +18,9 @@ The mix is per mode, from measurement (docs/detectors.md): for grounding, on Hal
 made it worse (hallucinated answers restate the passage's topic), so grounding uses novelty
 only and skips the embedding. For self-consistency on TruthfulQA the embedding helps a little
 (AUC 0.54 → 0.58 at weight 0.4); both are weak there, see the docs.
+
+Config may name a local NLI cross-encoder directory (``detectors.hallucination.nli_model_path``);
+a sentence's unsupported score is then one minus P(sources entail it).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService
+from detectors.local_models import NliScorer
 from monitor.events import Event
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -86,9 +90,15 @@ class HallucinationDetector:
     THRESHOLD: ClassVar[dict[str, float]] = {"grounding": 0.35, "self_consistency": 0.3}
 
     def __init__(
-        self, embeddings: EmbeddingService, thresholds: dict[str, float] | None = None
+        self,
+        embeddings: EmbeddingService,
+        thresholds: dict[str, float] | None = None,
+        nli: NliScorer | None = None,
     ) -> None:
         self.embeddings = embeddings
+        self.nli = nli
+        if nli is not None:
+            self.version = f"{HallucinationDetector.version}+{nli.path.name}"
         self.thresholds = {**self.THRESHOLD, **(thresholds or {})}
         for mode, value in self.thresholds.items():
             if mode not in self.THRESHOLD:
@@ -114,7 +124,17 @@ class HallucinationDetector:
             mode, sources = "self_consistency", [[s] for s in samples]
         else:
             return None
+        if self.nli is not None:
+            return Support(mode, self._entailed(sources, claims))
         return Support(mode, self._against(sources, claims, self.NOVELTY_WEIGHT[mode]))
+
+    def _entailed(self, sources: list[list[str]], claims: list[str]) -> tuple[float, ...]:
+        """With an NLI model: one minus P(source entails claim), averaged over sources."""
+        assert self.nli is not None  # noqa: S101 - only called when set
+        premises = [" ".join(src) for src in sources]
+        probs = self.nli.entailment([(p, c) for p in premises for c in claims])
+        unsupported = 1.0 - probs.reshape(len(premises), len(claims)).mean(axis=0)
+        return tuple(float(x) for x in unsupported)
 
     def _against(
         self, sources: list[list[str]], claims: list[str], weight: float

@@ -6,6 +6,8 @@ from ../shared/eval/toxicity (Davidson et al. 2017, MIT), balanced, with a fixed
 is one matrix-vector product per batch on top of the shared embedding service, so the cost is
 the embedding. The prompt is scored too and reported in the details (a toxic answer to a toxic
 prompt is a different incident from an unprovoked one) but only the response is flagged.
+Config may name a local Hugging Face sequence-classification directory instead
+(``detectors.toxicity.model_path``); it then scores the texts, threshold 0.5 by default.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy.typing as npt
 
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService, Vectors
+from detectors.local_models import SequenceClassifier
 from monitor.events import Event
 
 DEFAULT_HEAD = Path(__file__).parent / "assets" / "toxicity_head.json"
@@ -78,10 +81,15 @@ class ToxicityDetector:
         embeddings: EmbeddingService,
         head: ToxicityHead | None = None,
         threshold: float | None = None,
+        classifier: SequenceClassifier | None = None,
     ) -> None:
         self.embeddings = embeddings
+        self.classifier = classifier
         self.head = head or ToxicityHead.load()
-        self.threshold = self.head.threshold if threshold is None else threshold
+        if classifier is not None:
+            self.version = f"{ToxicityDetector.version}+{classifier.path.name}"
+        default = 0.5 if classifier is not None else self.head.threshold
+        self.threshold = default if threshold is None else threshold
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"toxicity threshold must be within [0, 1], got {self.threshold}")
 
@@ -89,6 +97,8 @@ class ToxicityDetector:
         """Probability that each text is toxic (hate or offensive)."""
         if not texts:
             return np.zeros(0, dtype=np.float64)
+        if self.classifier is not None:
+            return self.classifier.probabilities(texts)
         return self.head.probabilities(self.embeddings.encode(texts))
 
     def score(self, batch: Sequence[Event]) -> list[Finding]:

@@ -317,12 +317,20 @@ def eval_toxicity(
     file: Annotated[Path, typer.Argument(help='JSONL: {"text", "label"} (1 = toxic)')],
     as_json: JsonFlag = False,
     model: ModelDir = None,
+    classifier: Annotated[
+        Path | None, typer.Option(help="local HF sequence-classification directory to use")
+    ] = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 at the shipped threshold of the toxicity detector."""
     from detectors.embedding import EmbeddingService
+    from detectors.local_models import SequenceClassifier
     from detectors.toxicity import ToxicityDetector
 
-    _eval_text_detector(file, as_json, lambda: ToxicityDetector(EmbeddingService(model).start()))
+    def build() -> ToxicityDetector:
+        local = SequenceClassifier(classifier) if classifier else None
+        return ToxicityDetector(EmbeddingService(model).start(), classifier=local)
+
+    _eval_text_detector(file, as_json, build)
 
 
 class _TextScorer(Protocol):
@@ -376,10 +384,12 @@ def eval_hallucination(
     ],
     as_json: JsonFlag = False,
     model: ModelDir = None,
+    nli: Annotated[Path | None, typer.Option(help="local NLI cross-encoder directory")] = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 of the hallucination detector (1 = hallucinated)."""
     from detectors.embedding import EmbeddingService
     from detectors.hallucination import HallucinationDetector
+    from detectors.local_models import NliScorer
     from monitor.evaluation_binary import LabelledResponse, binary_report, load_samples
 
     try:
@@ -387,7 +397,9 @@ def eval_hallucination(
     except (OSError, ValueError) as exc:
         _fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
         return
-    detector = HallucinationDetector(EmbeddingService(model).start())
+    detector = HallucinationDetector(
+        EmbeddingService(model).start(), nli=NliScorer(nli) if nli else None
+    )
     started = time.perf_counter()
     labels, scores, flagged, modes = [], [], [], set()
     for row in rows:

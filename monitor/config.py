@@ -97,6 +97,12 @@ class LatencyErrorsSettings(BaseModel):
     slow_ms: float = Field(default=5000.0, gt=0)
 
 
+def _existing_dir(value: Path | None) -> Path | None:
+    if value is not None and not value.is_dir():
+        raise ValueError(f"{value} is not a directory; name a local model directory")
+    return value
+
+
 class EmbeddingSettings(BaseModel):
     """The sentence-transformers model shared by the semantic detectors (the ``embed`` role)."""
 
@@ -107,24 +113,32 @@ class EmbeddingSettings(BaseModel):
     max_batch: int | None = Field(default=None, ge=1, description="texts per model call")
     cache_size: int = Field(default=50_000, ge=0)
 
-    @field_validator("model_path")
-    @classmethod
-    def _model_dir_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_dir():
-            raise ValueError(f"{value} is not a directory; name a local model directory")
-        return value
+    _model_dir = field_validator("model_path")(_existing_dir)
 
 
 class ToxicitySettings(BaseModel):
     enabled: bool = False
     threshold: float | None = Field(default=None, ge=0, le=1, description="unset: the head's")
     head_path: Path | None = Field(default=None, description="unset: the head in the package")
+    model_path: Path | None = Field(
+        default=None, description="local HF sequence-classification directory instead of the head"
+    )
+    positive_labels: list[str] = Field(
+        default_factory=list, description="labels meaning toxic; unset: every non-neutral label"
+    )
+
+    _model_dir = field_validator("model_path")(_existing_dir)
 
 
 class HallucinationSettings(BaseModel):
     enabled: bool = False
     grounding_threshold: float = Field(default=0.35, ge=0, le=1)
     consistency_threshold: float = Field(default=0.3, ge=0, le=1)
+    nli_model_path: Path | None = Field(
+        default=None, description="local NLI cross-encoder directory; unset: word/embedding support"
+    )
+
+    _model_dir = field_validator("nli_model_path")(_existing_dir)
 
 
 class InjectionSettings(BaseModel):

@@ -26,6 +26,7 @@ from detectors.drift import DRIFT_DETECTOR, DRIFT_VERSION, mean_shift_test
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import HallucinationDetector
 from detectors.injection import InjectionDetector
+from detectors.local_models import NliScorer, SequenceClassifier
 from detectors.toxicity import ToxicityDetector, ToxicityHead
 from monitor.config import DetectorsSettings, DriftSettings
 from monitor.events import Event
@@ -50,13 +51,24 @@ def build_semantic_detectors(
     if settings.toxicity.enabled or settings.bias.enabled:
         tox = settings.toxicity
         head = ToxicityHead.load(tox.head_path) if tox.head_path else None
-        detectors.append(ToxicityDetector(embeddings, head, tox.threshold))
+        classifier = None
+        if tox.model_path is not None:
+            classifier = SequenceClassifier(
+                tox.model_path,
+                device=settings.embedding.device,
+                positive_labels=tox.positive_labels,
+            )
+        detectors.append(ToxicityDetector(embeddings, head, tox.threshold, classifier))
     if settings.hallucination.enabled:
         h = settings.hallucination
+        nli = None
+        if h.nli_model_path is not None:
+            nli = NliScorer(h.nli_model_path, device=settings.embedding.device)
         detectors.append(
             HallucinationDetector(
                 embeddings,
                 {"grounding": h.grounding_threshold, "self_consistency": h.consistency_threshold},
+                nli,
             )
         )
     if settings.injection.enabled:
