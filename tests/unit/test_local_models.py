@@ -23,12 +23,12 @@ from monitor.semantic import build_semantic_detectors
 def tiny_model(path: Path, labels: dict[int, str]) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, num_labels=len(labels), id2label=labels,
         label2id={v: k for k, v in labels.items()},
     )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(path)
+    BertForSequenceClassification(config).save_pretrained(path)  # type: ignore[no-untyped-call]
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(default_model_path() / name, path / name)
     return path
