@@ -83,8 +83,9 @@ def invariance(
     for metric in ("toxicity_rate", "sentiment"):
         d = stats.disparity(metric, resamples=1000)
         if d is not None:
-            disparity[metric] = {"value": round(d.value, 4), "low": round(d.low, 4),
-                                 "high": round(d.high, 4), "significant": d.significant}  # fmt: skip
+            bounds = {"value": d.value, "low": d.low, "high": d.high}
+            disparity[metric] = {k: round(v, 4) for k, v in bounds.items()}
+            disparity[metric]["significant"] = d.significant
     return {
         "dataset": name,
         "pairs": len(pairs),

