@@ -1,0 +1,175 @@
+"""The policy file: rollout stages, rollback triggers, kill-switch conditions, webhooks.
+
+A YAML file (``policy.file`` in settings, or ``llm-monitor policy check FILE``) validated with
+pydantic; an error names the field's path, what is wrong and how to fix it. Every threshold
+has the default the SRE would pick first; the file only needs what differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from monitor.errors import ConfigError
+
+Action = Literal["rollback", "kill"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateRule(_Strict):
+    """Fires when the confidence bound of a rate clears ``threshold``."""
+
+    threshold: float = Field(ge=0, le=1)
+    min_samples: int | None = Field(default=None, ge=1, description="default: policy's")
+    enabled: bool = True
+
+
+class CountRule(_Strict):
+    """Fires when more than ``max_count`` matching flags are seen (with enough samples)."""
+
+    max_count: int = Field(default=0, ge=0)
+    detectors: list[str] = Field(min_length=1)
+    min_samples: int | None = Field(default=None, ge=1)
+    enabled: bool = True
+
+
+class LatencyRule(_Strict):
+    """Fires when the lower confidence bound of the latency quantile exceeds ``threshold_ms``."""
+
+    quantile: float = Field(default=0.99, gt=0, lt=1)
+    threshold_ms: float = Field(gt=0)
+    min_samples: int | None = Field(default=None, ge=1)
+    enabled: bool = True
+
+
+class ComparisonRule(_Strict):
+    """Canary minus stable, per rate: fires when the difference's lower bound > ``margin``."""
+
+    margin: float = Field(default=0.02, ge=0, le=1)
+    rates: list[str] = Field(default_factory=lambda: ["error_rate", "toxicity", "pii"])
+    min_samples: int | None = Field(default=None, ge=1)
+    enabled: bool = True
+
+
+class RollbackTriggers(_Strict):
+    safety_incidents: CountRule = Field(
+        default_factory=lambda: CountRule(max_count=0, detectors=["toxicity"])
+    )
+    error_rate: RateRule = Field(default_factory=lambda: RateRule(threshold=0.05))
+    p99_latency: LatencyRule = Field(default_factory=lambda: LatencyRule(threshold_ms=5000.0))
+    complaint_rate: RateRule = Field(default_factory=lambda: RateRule(threshold=0.01))
+    detector_rates: dict[str, RateRule] = Field(
+        default_factory=lambda: {
+            "toxicity": RateRule(threshold=0.02),
+            "pii": RateRule(threshold=0.01),
+            "hallucination": RateRule(threshold=0.10),
+            "injection": RateRule(threshold=0.10),
+        }
+    )
+    bias_disparity: RateRule = Field(default_factory=lambda: RateRule(threshold=0.05))
+    canary_vs_stable: ComparisonRule = Field(default_factory=ComparisonRule)
+
+
+class KillConditions(_Strict):
+    safety_critical: RateRule = Field(default_factory=lambda: RateRule(threshold=0.10))
+    safety_detectors: list[str] = Field(default_factory=lambda: ["toxicity"], min_length=1)
+    cascade_failure: RateRule = Field(default_factory=lambda: RateRule(threshold=0.50))
+    data_breach: CountRule = Field(
+        default_factory=lambda: CountRule(max_count=0, detectors=["pii"], min_samples=1)
+    )
+
+
+class Stage(_Strict):
+    """A rollout stage: the canary's traffic share and what it must show to advance."""
+
+    name: str = Field(min_length=1)
+    traffic_percent: float = Field(gt=0, le=100)
+    min_events: int = Field(default=1000, ge=1)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+
+
+class Webhooks(_Strict):
+    rollback: list[str] = Field(default_factory=list)
+    kill: list[str] = Field(default_factory=list)
+    resume: list[str] = Field(default_factory=list)
+    deadline_s: float = Field(default=3600.0, gt=0, description="retry until, then give up")
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class Policy(_Strict):
+    """Everything the engine decides with."""
+
+    canary_deployments: list[str] = Field(default_factory=lambda: ["canary"], min_length=1)
+    stable_deployments: list[str] = Field(default_factory=lambda: ["stable"], min_length=1)
+    stages: list[Stage] = Field(
+        default_factory=lambda: [
+            Stage(name="canary-5", traffic_percent=5),
+            Stage(name="canary-25", traffic_percent=25),
+            Stage(name="full", traffic_percent=100),
+        ]
+    )
+    rollback: RollbackTriggers = Field(default_factory=RollbackTriggers)
+    kill_switch: KillConditions = Field(default_factory=KillConditions)
+    min_samples: int = Field(default=50, ge=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    evaluation_windows: int = Field(default=2, ge=1, le=60)
+    recovery_ratio: float = Field(
+        default=0.8, gt=0, le=1, description="clear when the upper bound < threshold × this"
+    )
+    cooldown_s: float = Field(default=300.0, ge=0)
+    dry_run: bool = False
+    webhooks: Webhooks = Field(default_factory=Webhooks)
+
+    @model_validator(mode="after")
+    def _deployments_disjoint(self) -> Policy:
+        both = set(self.canary_deployments) & set(self.stable_deployments)
+        if both:
+            raise ValueError(
+                f"{sorted(both)} listed as both canary and stable deployments; "
+                "a deployment is one or the other"
+            )
+        percents = [s.traffic_percent for s in self.stages]
+        if percents != sorted(percents):
+            raise ValueError("stages must be in increasing traffic_percent order")
+        return self
+
+
+def describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid policy in {source}:"]
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        given = error.get("input")
+        shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+        fix = (
+            "remove it (unknown field; check the spelling against docs/policy.md)"
+            if error["type"] == "extra_forbidden"
+            else "set it to a valid value (see docs/policy.md)"
+        )
+        lines.append(f"  {path}: {error['msg']}{shown}. Fix: {fix}.")
+    return "\n".join(lines)
+
+
+def load_policy(path: Path | None) -> Policy:
+    """The policy in ``path``, or the defaults when ``path`` is None."""
+    if path is None:
+        return Policy()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(
+            f"policy file {path}: {exc.strerror}. Fix: point policy.file at it."
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"policy file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"policy file {path}: the top level must be a mapping of fields")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, str(path))) from exc

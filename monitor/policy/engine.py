@@ -1,0 +1,483 @@
+"""The policy engine: window snapshots in, decisions, actions and kill-switch changes out.
+
+For each series (model, version, deployment) the engine keeps its newest
+``evaluation_windows`` window snapshots, merges their counts and sketches, and runs every rule
+on the merge. A rule's verdict is one of:
+
+- *inconclusive* — fewer than ``min_samples`` events: never healthy, never an action;
+- *fire* — the one-sided lower confidence bound clears the threshold (a count rule: more than
+  ``max_count`` matching flags). Acting rules send an action unless ``dry_run`` (recorded as
+  ``dry_run``), a cooldown for the same target and action is running (``cooldown``), or the
+  kill switch of the deployment is engaged and the action is a rollback (``suppressed``);
+- *resolved* — once firing, the rule clears only when the *upper* bound falls below
+  ``threshold × recovery_ratio``: hysteresis, so a rate hovering at the threshold cannot flap;
+- *healthy* — conclusive and below.
+
+A decision is recorded when a rule's verdict changes. Its idempotency key names the action,
+the series, the rule and the first window of the episode, so a replay of the same windows
+produces the same key and receivers can drop duplicates. The kill switch is per
+(model, deployment), held in a caller-supplied mapping (a faust table in the worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from detectors.bias import group_disparities
+from monitor.policy.config import Policy
+from monitor.policy.records import ActionRequest, Decision, Incident, KillSwitchState
+from monitor.policy.stats import Bound, quantile_bounds, rate_difference, wilson
+from monitor.windows import WindowStats, add_group_counts, decode_sketch
+
+Series = tuple[str, str, str]
+_state_decoder = msgspec.json.Decoder(KillSwitchState)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Merged:
+    """A series' newest windows, merged: what the rules look at."""
+
+    events: int = 0
+    errors: int = 0
+    complaints: int = 0
+    flags: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, list[float]] = field(default_factory=dict)
+    sketch_bytes: list[bytes] = field(default_factory=list)
+    window_start_ms: int = 0
+    window_end_ms: int = 0
+    windows: int = 0
+
+    @classmethod
+    def of(cls, windows: list[WindowStats]) -> Merged:
+        m = cls(
+            window_start_ms=min(w.window_start_ms for w in windows),
+            window_end_ms=max(w.window_end_ms for w in windows),
+            windows=len(windows),
+        )
+        for w in windows:
+            m.events += w.events
+            m.errors += w.errors + w.timeouts
+            m.complaints += w.complaints
+            for name, count in w.flags.items():
+                m.flags[name] = m.flags.get(name, 0) + count
+            for group, counts in w.groups.items():
+                m.groups[group] = add_group_counts(m.groups.get(group), counts)
+            if w.latency_sketch:
+                m.sketch_bytes.append(w.latency_sketch)
+        return m
+
+    def flagged(self, detectors: list[str]) -> int:
+        return min(self.events, sum(self.flags.get(d, 0) for d in detectors))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    rule: str
+    action: str
+    bound: Bound
+    threshold: float
+    n: int
+    min_samples: int
+    detail: str = ""
+    count_rule: bool = False
+
+    @property
+    def conclusive(self) -> bool:
+        return self.n >= self.min_samples
+
+    def over(self) -> bool:
+        return self.bound.low > self.threshold
+
+    def under(self, recovery_ratio: float) -> bool:
+        if self.count_rule:
+            return self.bound.value == 0
+        return self.bound.high < self.threshold * recovery_ratio
+
+
+@dataclass
+class RuleState:
+    firing: bool = False
+    episode_ms: int = 0
+    last_outcome: str = ""
+
+
+@dataclass
+class EngineOutput:
+    decisions: list[Decision] = field(default_factory=list)
+    actions: list[ActionRequest] = field(default_factory=list)
+    killswitch: list[KillSwitchState] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
+
+    def extend(self, other: EngineOutput) -> None:
+        self.decisions += other.decisions
+        self.actions += other.actions
+        self.killswitch += other.killswitch
+        self.incidents += other.incidents
+
+
+def incident_id_for(key: str) -> str:
+    return "inc-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class PolicyEngine:
+    """Decides from window snapshots; holds per-series windows and per-rule states."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        killswitch: MutableMapping[str, str] | None = None,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.policy = policy
+        self.killswitch_store: MutableMapping[str, str] = {} if killswitch is None else killswitch
+        self._clock = clock
+        self._windows: dict[Series, dict[int, WindowStats]] = {}
+        self._rules: dict[tuple[Series, str], RuleState] = {}
+        self._last_action_ms: dict[tuple[str, str, str, str], int] = {}
+
+    # -- kill switch ---------------------------------------------------------------------------
+
+    def kill_state(self, model: str, deployment: str) -> KillSwitchState | None:
+        raw = self.killswitch_store.get(f"{model}/{deployment}")
+        return _state_decoder.decode(raw) if raw else None
+
+    def engaged(self, model: str, deployment: str) -> bool:
+        state = self.kill_state(model, deployment)
+        return bool(state and state.engaged)
+
+    def states(self) -> list[KillSwitchState]:
+        return [_state_decoder.decode(v) for v in list(self.killswitch_store.values()) if v]
+
+    def set_kill(
+        self,
+        model: str,
+        deployment: str,
+        *,
+        engage: bool,
+        reason: str,
+        actor: str,
+        model_version: str = "",
+        rule: str = "manual",
+        idempotency_key: str = "",
+    ) -> EngineOutput:
+        """Engage or release; returns the state change and the kill/resume action, or nothing
+        when the switch is already in that position (engaging twice does not fire twice)."""
+        current = self.kill_state(model, deployment)
+        if current is not None and current.engaged == engage:
+            return EngineOutput()
+        if not engage and current is None:
+            return EngineOutput()
+        at = self._clock()
+        action = "kill" if engage else "resume"
+        key = idempotency_key or f"{action}:{model}:{deployment}:{actor}:{at}"
+        incident = (current.incident_id if current else "") if not engage else incident_id_for(key)
+        state = KillSwitchState(
+            model=model,
+            deployment=deployment,
+            engaged=engage,
+            reason=reason,
+            actor=actor,
+            changed_at_ms=at,
+            incident_id=incident,
+            idempotency_key=key,
+        )
+        self.killswitch_store[state.key] = msgspec.json.encode(state).decode()
+        out = EngineOutput(killswitch=[state])
+        out.actions.append(
+            ActionRequest(
+                action=action,
+                idempotency_key=key,
+                created_at_ms=at,
+                model=model,
+                model_version=model_version,
+                deployment=deployment,
+                rule=rule,
+                reason=reason,
+                incident_id=incident,
+            )
+        )
+        if engage:
+            out.incidents.append(
+                self._incident(
+                    incident, action, rule, (model, model_version, deployment), at, reason
+                )
+            )
+        return out
+
+    def _incident(
+        self, incident_id: str, action: str, rule: str, series: Series, at: int, summary: str
+    ) -> Incident:
+        windows = self._windows.get(series, {})
+        start = min(windows, default=at - 60_000)
+        return Incident(
+            incident_id=incident_id,
+            opened_at_ms=at,
+            action=action,
+            rule=rule,
+            model=series[0],
+            model_version=series[1],
+            deployment=series[2],
+            evidence_from_ms=start,
+            evidence_to_ms=at,
+            summary=summary,
+        )
+
+    # -- windows -------------------------------------------------------------------------------
+
+    def observe(self, stats: WindowStats) -> EngineOutput:
+        """Take one window snapshot (final or not) and evaluate its series."""
+        series = (stats.model, stats.model_version, stats.deployment)
+        windows = self._windows.setdefault(series, {})
+        windows[stats.window_start_ms] = stats
+        for start in sorted(windows)[: -self.policy.evaluation_windows]:
+            del windows[start]
+        merged = Merged.of(list(windows.values()))
+        out = EngineOutput()
+        for evaluation in self._evaluate(series, merged):
+            out.extend(self._transition(series, merged, evaluation))
+        return out
+
+    def _evaluate(self, series: Series, m: Merged) -> Iterator[Evaluation]:
+        p, c = self.policy, self.policy.confidence
+        model, _, deployment = series
+
+        def samples(rule_min: int | None) -> int:
+            return rule_min or p.min_samples
+
+        if deployment in p.canary_deployments:
+            r = p.rollback
+            if r.safety_incidents.enabled:
+                count = m.flagged(r.safety_incidents.detectors)
+                yield Evaluation(
+                    "rollback.safety_incidents",
+                    "rollback",
+                    Bound(count, count, count),
+                    r.safety_incidents.max_count,
+                    m.events,
+                    samples(r.safety_incidents.min_samples),
+                    count_rule=True,
+                )
+            for name, rule, hits in (
+                ("error_rate", r.error_rate, m.errors),
+                ("complaint_rate", r.complaint_rate, m.complaints),
+            ):
+                if rule.enabled:
+                    yield Evaluation(
+                        f"rollback.{name}",
+                        "rollback",
+                        wilson(hits, m.events, c),
+                        rule.threshold,
+                        m.events,
+                        samples(rule.min_samples),
+                    )
+            for detector, rule in r.detector_rates.items():
+                if rule.enabled:
+                    yield Evaluation(
+                        f"rollback.{detector}_rate",
+                        "rollback",
+                        wilson(m.flagged([detector]), m.events, c),
+                        rule.threshold,
+                        m.events,
+                        samples(rule.min_samples),
+                    )
+            if r.p99_latency.enabled and m.sketch_bytes:
+                sketch = decode_sketch(m.sketch_bytes[0])
+                for more in m.sketch_bytes[1:]:
+                    sketch.merge(decode_sketch(more))
+                bound = quantile_bounds(sketch, r.p99_latency.quantile, c)
+                if bound is not None:
+                    yield Evaluation(
+                        "rollback.p99_latency",
+                        "rollback",
+                        bound,
+                        r.p99_latency.threshold_ms,
+                        int(sketch.count),
+                        samples(r.p99_latency.min_samples),
+                    )
+            if r.bias_disparity.enabled and m.groups:
+                for d in group_disparities(m.groups, confidence=2 * c - 1):
+                    yield Evaluation(
+                        f"rollback.bias_disparity.{d.metric}",
+                        "rollback",
+                        Bound(d.value, d.low, d.high),
+                        r.bias_disparity.threshold,
+                        m.events,
+                        samples(r.bias_disparity.min_samples),
+                        detail=f"{d.highest} vs {d.lowest}",
+                    )
+            if r.canary_vs_stable.enabled:
+                yield from self._compare(model, m)
+        k = p.kill_switch
+        if k.safety_critical.enabled:
+            yield Evaluation(
+                "kill.safety_critical",
+                "kill",
+                wilson(m.flagged(k.safety_detectors), m.events, c),
+                k.safety_critical.threshold,
+                m.events,
+                samples(k.safety_critical.min_samples),
+            )
+        if k.cascade_failure.enabled:
+            yield Evaluation(
+                "kill.cascade_failure",
+                "kill",
+                wilson(m.errors, m.events, c),
+                k.cascade_failure.threshold,
+                m.events,
+                samples(k.cascade_failure.min_samples),
+            )
+        if k.data_breach.enabled:
+            count = m.flagged(k.data_breach.detectors)
+            yield Evaluation(
+                "kill.data_breach",
+                "kill",
+                Bound(count, count, count),
+                k.data_breach.max_count,
+                m.events,
+                samples(k.data_breach.min_samples),
+                count_rule=True,
+            )
+
+    def _compare(self, model: str, canary: Merged) -> Iterator[Evaluation]:
+        """Canary minus the busiest stable series of the same model, per configured rate."""
+        rule, c = self.policy.rollback.canary_vs_stable, self.policy.confidence
+        stables = [
+            Merged.of(list(w.values()))
+            for (m, _, d), w in self._windows.items()
+            if m == model and d in self.policy.stable_deployments and w
+        ]
+        if not stables:
+            return
+        stable = max(stables, key=lambda s: s.events)
+        for rate in rule.rates:
+            if rate == "error_rate":
+                a, b = canary.errors, stable.errors
+            else:
+                a, b = canary.flagged([rate]), stable.flagged([rate])
+            bound = rate_difference(a, canary.events, b, stable.events, c)
+            yield Evaluation(
+                f"rollback.canary_vs_stable.{rate}",
+                "rollback",
+                bound,
+                rule.margin,
+                min(canary.events, stable.events),
+                rule.min_samples or self.policy.min_samples,
+                detail=f"stable n={stable.events}",
+            )
+
+    # -- verdicts ------------------------------------------------------------------------------
+
+    def _transition(self, series: Series, m: Merged, e: Evaluation) -> EngineOutput:
+        state = self._rules.setdefault((series, e.rule), RuleState())
+        out = EngineOutput()
+        if not e.conclusive:
+            outcome = "inconclusive"
+        elif not state.firing and e.over():
+            state.firing, state.episode_ms = True, m.window_start_ms
+            outcome = "fire"
+        elif state.firing and e.under(self.policy.recovery_ratio):
+            state.firing = False
+            outcome = "resolved"
+        elif state.firing:
+            outcome = "fire"
+        else:
+            outcome = "healthy"
+        if outcome == state.last_outcome:
+            return out
+        state.last_outcome = outcome
+        model, version, deployment = series
+        key = f"{e.action}:{model}:{version}:{deployment}:{e.rule}:{state.episode_ms}"
+        recorded = outcome
+        acting = outcome == "fire"
+        if acting and self.policy.dry_run:
+            recorded, acting = "dry_run", False
+        elif acting and e.action == "rollback" and self.engaged(model, deployment):
+            recorded, acting = "suppressed", False
+        elif acting and self._cooling(series, e.action):
+            recorded, acting = "cooldown", False
+        decision = Decision(
+            idempotency_key=key,
+            decided_at_ms=self._clock(),
+            rule=e.rule,
+            action=e.action,
+            outcome=recorded,
+            model=model,
+            model_version=version,
+            deployment=deployment,
+            observed=float(e.bound.value),
+            bound_low=float(e.bound.low),
+            bound_high=float(e.bound.high),
+            threshold=float(e.threshold),
+            n=e.n,
+            window_start_ms=m.window_start_ms,
+            window_end_ms=m.window_end_ms,
+            windows=m.windows,
+            confidence=self.policy.confidence,
+            dry_run=self.policy.dry_run,
+            detail=e.detail,
+        )
+        out.decisions.append(decision)
+        if not acting:
+            return out
+        self._last_action_ms[(*series, e.action)] = decision.decided_at_ms
+        reason = (
+            f"{e.rule}: observed {e.bound.value:.4g}, bound {e.bound.low:.4g} > "
+            f"threshold {e.threshold:.4g} (n={e.n})"
+        )
+        if e.action == "kill":
+            out.extend(
+                self.set_kill(
+                    model,
+                    deployment,
+                    engage=True,
+                    reason=reason,
+                    actor="policy",
+                    model_version=version,
+                    rule=e.rule,
+                    idempotency_key=key,
+                )
+            )
+            for action in out.actions:
+                action.decision = decision
+            return out
+        incident = incident_id_for(key)
+        out.actions.append(
+            ActionRequest(
+                action="rollback",
+                idempotency_key=key,
+                created_at_ms=decision.decided_at_ms,
+                model=model,
+                model_version=version,
+                deployment=deployment,
+                rule=e.rule,
+                reason=reason,
+                incident_id=incident,
+                decision=decision,
+            )
+        )
+        out.incidents.append(
+            self._incident(incident, "rollback", e.rule, series, decision.decided_at_ms, reason)
+        )
+        return out
+
+    def _cooling(self, series: Series, action: str) -> bool:
+        last = self._last_action_ms.get((*series, action))
+        return last is not None and self._clock() - last < self.policy.cooldown_s * 1000
+
+    def rollback_active(self) -> dict[Series, bool]:
+        """Per series: whether any rollback rule is firing (for the Argo/Flagger surfaces)."""
+        active: dict[Series, bool] = {}
+        for (series, rule), state in self._rules.items():
+            if rule.startswith("rollback."):
+                active[series] = active.get(series, False) or state.firing
+        return active

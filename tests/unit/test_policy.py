@@ -1,0 +1,163 @@
+"""Policy: bounds, config errors, and the engine's verdicts (fire, silence, hysteresis)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from ddsketch import DDSketch
+
+from monitor.errors import ConfigError
+from monitor.policy.config import Policy, load_policy
+from monitor.policy.engine import PolicyEngine
+from monitor.policy.stats import quantile_bounds, rate_difference, wilson
+from monitor.windows import WindowStats, encode_sketch
+
+T0 = 1_795_514_400_000
+
+
+def test_wilson_bounds() -> None:
+    b = wilson(0, 50, 0.95)
+    assert b.low == 0.0 and 0.04 < b.high < 0.06
+    b = wilson(10, 100, 0.95)
+    assert b.low < 0.10 < b.high
+    assert wilson(0, 0, 0.95).high == 1.0
+
+
+def test_rate_difference_excludes_zero_only_with_a_real_gap() -> None:
+    assert rate_difference(30, 200, 2, 1000, 0.95).low > 0.05
+    assert rate_difference(5, 200, 20, 1000, 0.95).low < 0
+
+
+def test_quantile_bounds_bracket_the_quantile() -> None:
+    sketch = DDSketch(0.01)
+    for v in range(1, 1001):
+        sketch.add(float(v))
+    b = quantile_bounds(sketch, 0.99, 0.95)
+    assert b is not None and b.low <= b.value <= b.high  # 1 % sketch buckets
+    assert b.low > 960 and b.high < 1020
+
+
+def test_config_errors_name_field_and_fix(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("rollback:\n  error_rate: {threshold: 1.5}\n  eror_rate: {threshold: 0.1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_policy(path)
+    message = str(info.value)
+    assert "rollback.error_rate.threshold" in message and "Fix:" in message
+    assert "rollback.eror_rate" in message and "unknown field" in message
+    with pytest.raises(ConfigError, match="both canary and stable"):
+        path.write_text("canary_deployments: [a]\nstable_deployments: [a]\n")
+        load_policy(path)
+    assert load_policy(None) == Policy()
+
+
+def window(
+    start: int, events: int, errors: int = 0, *, deployment: str = "canary", version: str = "v2",
+    flags: dict[str, int] | None = None, latencies: list[float] | None = None,
+) -> WindowStats:  # fmt: skip
+    sketch = DDSketch(0.01)
+    for v in latencies or []:
+        sketch.add(v)
+    return WindowStats(
+        model="m", model_version=version, deployment=deployment,
+        window_start_ms=T0 + start * 60_000, window_end_ms=T0 + (start + 1) * 60_000,
+        events=events, errors=errors, timeouts=0, refusals=0,
+        error_rate=errors / events if events else 0.0, complaints=0, complaint_rate=0.0,
+        latency_p50_ms=None, latency_p95_ms=None, latency_p99_ms=None, latency_mean_ms=None,
+        latency_max_ms=None, input_tokens=0, output_tokens=0, cost_usd=0.0,
+        flags=flags or {}, flag_rates={}, is_final=False, version=1,
+        latency_sketch=encode_sketch(sketch) if latencies else b"",
+    )  # fmt: skip
+
+
+def engine(**overrides: object) -> PolicyEngine:
+    clock = iter(range(T0, T0 + 10**9, 1000))
+    return PolicyEngine(Policy.model_validate(overrides), clock=lambda: next(clock))
+
+
+def outcomes(out_decisions: list, rule: str) -> list[str]:  # type: ignore[type-arg]
+    return [d.outcome for d in out_decisions if d.rule == rule]
+
+
+def test_error_storm_fires_once_with_evidence() -> None:
+    e = engine()
+    out = e.observe(window(0, 200, 40))
+    (decision,) = [d for d in out.decisions if d.rule == "rollback.error_rate"]
+    assert decision.outcome == "fire" and decision.n == 200
+    assert decision.bound_low > 0.05 and decision.observed == 0.2
+    assert decision.idempotency_key == f"rollback:m:v2:canary:rollback.error_rate:{T0}"
+    assert [a.action for a in out.actions] == ["rollback"]
+    assert out.incidents and out.incidents[0].action == "rollback"
+    assert e.observe(window(0, 220, 45)).actions == []  # still firing: no second action
+
+
+def test_below_minimum_samples_is_inconclusive_not_healthy() -> None:
+    e = engine()
+    out = e.observe(window(0, 20, 20))  # 100 % errors, but only 20 events
+    assert outcomes(out.decisions, "rollback.error_rate") == ["inconclusive"]
+    assert outcomes(out.decisions, "kill.cascade_failure") == ["inconclusive"]
+    assert out.actions == []
+
+
+def test_each_trigger_fires_when_it_should() -> None:
+    e = engine()
+    out = e.observe(window(0, 100, 0, flags={"toxicity": 1}))
+    assert outcomes(out.decisions, "rollback.safety_incidents") == ["fire"]
+    out = e.observe(window(0, 100, 0, deployment="stable", version="v1", flags={"pii": 1}))
+    assert outcomes(out.decisions, "kill.data_breach") == ["fire"]
+    assert [a.action for a in out.actions] == ["kill"]
+    assert e.engaged("m", "stable")
+    out = e.observe(window(1, 100, 60, version="v3"))
+    assert outcomes(out.decisions, "kill.cascade_failure") == ["fire"]
+    assert {a.action for a in out.actions} == {"rollback", "kill"}
+    slow = [random.Random(1).lognormvariate(9.0, 0.2) for _ in range(300)]  # ~8 s
+    out = engine().observe(window(0, 300, latencies=slow))
+    assert outcomes(out.decisions, "rollback.p99_latency") == ["fire"]
+
+
+def test_canary_vs_stable_difference() -> None:
+    e = engine(rollback={"error_rate": {"threshold": 0.5}})
+    e.observe(window(0, 1000, 10, deployment="stable", version="v1"))
+    out = e.observe(window(0, 300, 15))  # 5 % vs 1 %: 4 points over, margin 2
+    assert outcomes(out.decisions, "rollback.canary_vs_stable.error_rate") == ["fire"]
+
+
+def test_kill_switch_suppresses_rollbacks_and_dry_run_does_not_act() -> None:
+    e = engine()
+    e.set_kill("m", "canary", engage=True, reason="manual", actor="api")
+    out = e.observe(window(0, 200, 40))
+    assert outcomes(out.decisions, "rollback.error_rate") == ["suppressed"]
+    dry = engine(dry_run=True).observe(window(0, 200, 40))
+    assert "dry_run" in outcomes(dry.decisions, "rollback.error_rate") and dry.actions == []
+
+
+def test_no_flapping_on_a_stream_hovering_at_the_threshold() -> None:
+    e = engine(cooldown_s=0)
+    rng = random.Random(7)
+    decisions = []
+    for minute in range(300):
+        errors = sum(rng.random() < 0.05 for _ in range(400))  # exactly at the 5 % threshold
+        decisions += e.observe(window(minute, 400, errors)).decisions
+    fired = outcomes(decisions, "rollback.error_rate")
+    assert fired.count("fire") <= 1
+    assert fired.count("resolved") <= 1
+
+
+def test_recovery_needs_the_upper_bound_below_the_recovery_threshold() -> None:
+    e = engine(evaluation_windows=1)
+    assert outcomes(e.observe(window(0, 400, 80)).decisions, "rollback.error_rate") == ["fire"]
+    assert outcomes(e.observe(window(1, 400, 18)).decisions, "rollback.error_rate") == []
+    assert outcomes(e.observe(window(2, 400, 4)).decisions, "rollback.error_rate") == ["resolved"]
+
+
+def test_kill_switch_engage_twice_acts_once_and_release_resumes() -> None:
+    e = engine()
+    first = e.set_kill("m", "canary", engage=True, reason="r", actor="cli")
+    assert [a.action for a in first.actions] == ["kill"] and first.incidents
+    assert e.set_kill("m", "canary", engage=True, reason="r", actor="cli").actions == []
+    release = e.set_kill("m", "canary", engage=False, reason="ok", actor="cli")
+    assert [a.action for a in release.actions] == ["resume"]
+    assert release.killswitch[0].incident_id == first.incidents[0].incident_id
+    assert not e.engaged("m", "canary")
