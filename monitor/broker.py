@@ -119,9 +119,12 @@ def pipeline_topics(kafka: KafkaSettings, app_ids: Sequence[str]) -> dict[str, i
         kafka.partials_topic: n,
         kafka.windows_topic: n,
         kafka.actions_topic: n,
+        kafka.control_topic: n,
+        kafka.policy_topic: n,
     }
     for app_id in app_ids:
         topics[changelog_topic(app_id, "windows")] = n
+        topics[changelog_topic(app_id, "killswitch")] = n
     return topics
 
 

@@ -25,6 +25,12 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a detector on labelled data.")
 app.add_typer(eval_app, name="eval")
+killswitch_app = typer.Typer(no_args_is_help=True, help="Engage, release or read kill switches.")
+app.add_typer(killswitch_app, name="killswitch")
+incident_app = typer.Typer(no_args_is_help=True, help="Postmortem drafts from stored evidence.")
+app.add_typer(incident_app, name="incident")
+policy_app = typer.Typer(no_args_is_help=True, help="Check policy files.")
+app.add_typer(policy_app, name="policy")
 console = Console()
 err = Console(stderr=True)
 
@@ -417,6 +423,142 @@ def eval_hallucination(
     threshold = detector.thresholds[modes.pop()] if len(modes) == 1 else None  # mixed modes
     report = binary_report(labels, scores, threshold, seconds, flagged)
     _print_report(report, as_json, title=f"hallucination on {file}")
+
+
+WorkerUrl = Annotated[
+    str, typer.Option("--url", help="a worker running the policy role (its metrics port)")
+]
+TOKEN_ENV = "LLM_MONITOR_POLICY__API_TOKEN"  # noqa: S105 - a variable's name, not a secret
+SECRET_ENV = "LLM_MONITOR_POLICY__WEBHOOK_SECRET"  # noqa: S105 - likewise
+TokenEnv = Annotated[
+    str, typer.Option(help="environment variable holding the API token (never printed)")
+]
+
+
+def _killswitch_call(method: str, url: str, token_env: str, body: dict[str, str] | None) -> None:
+    import httpx
+
+    token = os.environ.get(token_env)
+    if not token:
+        _fail(MonitorError(f"set {token_env} to the kill-switch API token"))
+        return
+    try:
+        response = httpx.request(
+            method, url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=15
+        )
+    except httpx.HTTPError as exc:
+        _fail(MonitorError(f"{url}: {exc}"))
+        return
+    if response.status_code >= 400:
+        _fail(MonitorError(f"{url}: HTTP {response.status_code} {response.text.strip()}"))
+    sys.stdout.write(json.dumps(response.json()) + "\n")
+
+
+@killswitch_app.command("status")
+def killswitch_status(
+    url: WorkerUrl = "http://127.0.0.1:9464",
+    token_env: TokenEnv = TOKEN_ENV,
+) -> None:
+    """Every kill switch the worker holds."""
+    _killswitch_call("GET", f"{url.rstrip('/')}/killswitch", token_env, None)
+
+
+def _change(verb: str, url: str, token_env: str, model: str, deployment: str, reason: str) -> None:
+    body = {"model": model, "deployment": deployment, "reason": reason, "actor": "cli"}
+    _killswitch_call("POST", f"{url.rstrip('/')}/killswitch/{verb}", token_env, body)
+
+
+Model = Annotated[str, typer.Option(help="model name, as in events")]
+Deployment = Annotated[str, typer.Option(help="deployment, e.g. canary")]
+Reason = Annotated[str, typer.Option(help="why; kept in the audit log and the incident")]
+
+
+@killswitch_app.command("engage")
+def killswitch_engage(
+    model: Model, deployment: Deployment, reason: Reason,
+    url: WorkerUrl = "http://127.0.0.1:9464", token_env: TokenEnv = TOKEN_ENV,
+) -> None:  # fmt: skip
+    """Engage: the kill webhook fires, rollbacks for it are silenced, an incident opens."""
+    _change("engage", url, token_env, model, deployment, reason)
+
+
+@killswitch_app.command("release")
+def killswitch_release(
+    model: Model, deployment: Deployment, reason: Reason,
+    url: WorkerUrl = "http://127.0.0.1:9464", token_env: TokenEnv = TOKEN_ENV,
+) -> None:  # fmt: skip
+    """Release: the resume webhook fires."""
+    _change("release", url, token_env, model, deployment, reason)
+
+
+@incident_app.command("report")
+def incident_report(
+    incident_id: Annotated[str, typer.Argument(help="e.g. inc-1a2b3c4d5e6f")],
+    data_dir: DataDir = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+) -> None:
+    """Write a markdown postmortem draft (stdout, or --output FILE)."""
+    from monitor.policy.incident import incident_report as build
+    from monitor.storage.client import connect
+
+    try:
+        settings = _settings(data_dir)
+        text = build(connect(settings.storage_dsn), settings.storage.database, incident_id)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+
+
+@policy_app.command("check")
+def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> None:
+    """Validate a policy file; errors name the field and the fix."""
+    from monitor.policy.config import load_policy
+
+    try:
+        policy = load_policy(file)
+    except MonitorError as exc:
+        _fail(exc)
+        return
+    hooks = policy.webhooks
+    console.print(
+        f"{file}: valid. stages {[s.name for s in policy.stages]}, min_samples "
+        f"{policy.min_samples}, confidence {policy.confidence}, dry_run {policy.dry_run}, "
+        f"webhooks rollback {len(hooks.rollback)} kill {len(hooks.kill)} resume "
+        f"{len(hooks.resume)}"
+    )
+
+
+@app.command()
+def receiver(
+    port: Annotated[int, typer.Option()] = 9095,
+    secret_env: Annotated[
+        str, typer.Option(help="variable holding the webhook secret")
+    ] = SECRET_ENV,
+) -> None:
+    """Run the reference webhook receiver on 127.0.0.1:PORT, verifying signatures."""
+    from monitor.policy.receiver import Receiver
+    from monitor.policy.signing import Verifier
+
+    secret = os.environ.get(secret_env, "")
+    if not secret:
+        _fail(MonitorError(f"set {secret_env} to the webhook secret"))
+    r = Receiver(Verifier(secret.encode()))
+    url = r.serve(port)
+    err.print(f"receiver on {url} (POST /rollback, /kill, /resume; /alertmanager unsigned)")
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            for d in r.deliveries[seen:]:
+                console.print(f"{d.event} {d.idempotency_key} verified")
+            seen = len(r.deliveries)
+    except KeyboardInterrupt:
+        r.stop()
 
 
 def main() -> None:

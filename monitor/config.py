@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,8 +23,8 @@ from monitor.errors import ConfigError
 
 ENV_PREFIX = "LLM_MONITOR_"
 CONFIG_FILE_ENV = "LLM_MONITOR_CONFIG_FILE"
-Role = Literal["all", "score", "embed", "aggregate", "sink"]
-ROLES: tuple[Role, ...] = ("score", "embed", "aggregate", "sink")
+Role = Literal["all", "score", "embed", "aggregate", "policy", "sink"]
+ROLES: tuple[Role, ...] = ("score", "embed", "aggregate", "policy", "sink")
 
 
 class KafkaSettings(BaseModel):
@@ -40,6 +40,8 @@ class KafkaSettings(BaseModel):
     partials_topic: str = "llm.partials"
     windows_topic: str = "llm.windows"
     actions_topic: str = "llm.actions"
+    control_topic: str = "llm.control"
+    policy_topic: str = "llm.policy"
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     session_timeout_s: float = Field(default=8.0, gt=0)
@@ -76,6 +78,32 @@ class StorageSettings(BaseModel):
     text_ttl_days: int = Field(default=30, ge=1)
     metrics_ttl_days: int = Field(default=400, ge=1)
     retry_max_wait_s: float = Field(default=10.0, gt=0)
+
+
+class PolicySettings(BaseModel):
+    """The policy role: where its rules are, and the secrets that protect its surfaces."""
+
+    file: Path | None = Field(default=None, description="policy YAML; unset: built-in defaults")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC key for webhook signatures; required with webhooks"
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token of the kill-switch API; unset disables it"
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file; point it at the policy YAML")
+        return value
+
+    @field_validator("webhook_secret", "api_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use `openssl rand -hex 32`)")
+        return value
 
 
 class MetricsSettings(BaseModel):
@@ -200,12 +228,15 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     detectors: DetectorsSettings = Field(default_factory=DetectorsSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @field_validator("roles")
     @classmethod
     def _roles_not_empty(cls, value: list[Role]) -> list[Role]:
         if not value:
-            raise ValueError("at least one role is required: all, score, embed, aggregate or sink")
+            raise ValueError(
+                "at least one role is required: all, score, embed, aggregate, policy or sink"
+            )
         return value
 
     @classmethod

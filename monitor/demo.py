@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -26,6 +28,9 @@ from rich.progress import Progress
 from monitor.broker import BundledBroker, ensure_topics, free_port, pipeline_topics, start_broker
 from monitor.config import Settings
 from monitor.errors import MonitorError
+from monitor.policy.receiver import Receiver
+from monitor.policy.signing import Verifier
+from monitor.sink import EVIDENCE_DELAY_S
 
 console = Console()
 
@@ -119,6 +124,44 @@ def worker_env(
     return env
 
 
+@dataclass
+class DemoPolicy:
+    """A local signed-webhook receiver and the policy file that points the worker at it."""
+
+    receiver: Receiver
+    env: dict[str, str]
+    api_token: str
+
+
+def start_demo_policy(data_dir: Path) -> DemoPolicy:
+    """Fresh secrets per run (never printed), a receiver on loopback, a policy file for it."""
+    secret, token = secrets.token_hex(32), secrets.token_hex(24)
+    receiver = Receiver(Verifier(secret.encode()))
+    base = receiver.serve()
+    policy = {
+        "cooldown_s": 0,  # one action per rule, so every seeded incident shows its own
+        "webhooks": {name: [f"{base}/{name}"] for name in ("rollback", "kill", "resume")},
+    }
+    path = data_dir / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    env = {
+        "LLM_MONITOR_POLICY__FILE": str(path),
+        "LLM_MONITOR_POLICY__WEBHOOK_SECRET": secret,
+        "LLM_MONITOR_POLICY__API_TOKEN": token,
+    }
+    return DemoPolicy(receiver, env, token)
+
+
+def wait_for_actions(demo: DemoPolicy, timeout_s: float) -> None:
+    """The error storm's rollback and the PII leak's kill reach the receiver (or time out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = {d.event for d in demo.receiver.deliveries}
+        if {"rollback", "kill"} <= seen:
+            return
+        time.sleep(0.2)
+
+
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(  # noqa: S603 - our own entry point
@@ -179,7 +222,7 @@ def run_demo(
     """Run the whole demo; raises MonitorError when something is not accounted for."""
     from monitor.errors import SchemaError
     from monitor.events import decode_event
-    from monitor.report import print_summary
+    from monitor.report import print_actions, print_summary
 
     expected_events, expected_dead = 0, 0
     for _, value in records:
@@ -201,9 +244,11 @@ def run_demo(
         console.print(f"[bold]broker[/] {bootstrap}")
     port = free_port()
     worker = None
+    demo_policy = start_demo_policy(settings.data_dir)
     try:
         asyncio.run(ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id])))
         env = worker_env(settings, bootstrap, port, semantic=semantic)
+        env.update({k: v for k, v in demo_policy.env.items() if k not in os.environ})
         semantic = any(env.get(k, "").lower() in ("1", "true", "yes") for k in DEMO_DETECTORS)
         worker = start_worker(env, logs / "worker.log")
         console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
@@ -215,12 +260,16 @@ def run_demo(
         url = f"http://127.0.0.1:{port}/metrics"
         wait_until(url, expected_events, expected_dead, timeout_s, worker, semantic=semantic)
         elapsed = time.monotonic() - started
-        time.sleep(2.0)  # last findings and window snapshots: emitted every 0.5 s, then inserted
+        wait_for_actions(demo_policy, timeout_s=15.0)
+        time.sleep(2.0)  # last findings and window snapshots: emitted every 0.25 s, then inserted
         final_metrics = scrape(f"http://127.0.0.1:{port}/metrics")
         console.print(f"[bold]done[/] all {sent} records accounted for in {elapsed:.1f}s")
+        time.sleep(EVIDENCE_DELAY_S)  # incidents' evidence is copied this long after they open
     finally:
         if worker is not None:
             stop_worker(worker)
         if broker is not None:
             broker.stop()
+        demo_policy.receiver.stop()
     print_summary(settings, final_metrics, sent, elapsed)
+    print_actions(settings, demo_policy.receiver)

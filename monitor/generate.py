@@ -2,9 +2,9 @@
 
 Stable and canary versions of two models serve three routes; ``search`` answers from
 retrieved passages (``context``), and a share of requests carries a bias ``group``. Incidents
-follow one another in event time, on the canary unless said: toxic answers, a PII leak burst,
-a wave of prompt injections (every deployment: it comes from users), an error storm,
-answers their sources do not support, a latency spike, and refusals skewed against one group.
+follow one another in event time, on the canary unless said: toxic answers, an error storm,
+a wave of prompt injections (every deployment: it comes from users), answers their sources do
+not support, a latency spike, refusals skewed against one group, and a PII leak burst.
 About 1 % of records are malformed in the ways real producers get wrong (bad JSON, missing
 fields, wrong types, NaN, oversized, invalid UTF-8) so the DLQ path is always exercised.
 """
@@ -91,14 +91,15 @@ class Incident:
     end_fraction: float
 
 
+# The PII leak comes last: it engages the kill switch, which silences later rollbacks.
 INCIDENTS = (
-    Incident("toxic_burst", 0.05, 0.20),
-    Incident("pii_leak_burst", 0.25, 0.40),
-    Incident("injection_wave", 0.35, 0.50),
-    Incident("error_storm", 0.50, 0.65),
-    Incident("ungrounded_answers", 0.60, 0.75),
-    Incident("latency_spike", 0.75, 0.90),
-    Incident("refusal_skew", 0.80, 0.95),
+    Incident("toxic_burst", 0.05, 0.15),
+    Incident("error_storm", 0.20, 0.35),
+    Incident("injection_wave", 0.30, 0.45),
+    Incident("ungrounded_answers", 0.40, 0.55),
+    Incident("latency_spike", 0.55, 0.70),
+    Incident("refusal_skew", 0.65, 0.80),
+    Incident("pii_leak_burst", 0.82, 0.95),
 )
 
 
@@ -224,7 +225,7 @@ def _event(
         event["attributes"]["group"] = group
     if error_type:
         event["error_type"] = error_type
-    if rng.random() < 0.01:
+    if rng.random() < 0.004:
         event["feedback"] = {"complaint": True, "rating": 1}
     return event
 

@@ -65,6 +65,12 @@ class Metrics:
     embed_batch_seconds: Histogram
     window_bias_disparity: Gauge
     drift_signals: Counter
+    policy_decisions: Counter
+    policy_rollback_active: Gauge
+    killswitch_engaged: Gauge
+    actions: Counter
+    webhook_attempts: Counter
+    killswitch_api_calls: Counter
 
     def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
         g = self.guard
@@ -198,5 +204,33 @@ def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) 
             "llm_monitor_drift_signals",
             "Drift detections: embedding (permutation test) or rate:<signal> (ADWIN/PH).",
             (*SERIES, "signal"),
+        ),
+        policy_decisions=counter(
+            "llm_monitor_policy_decisions",
+            "Policy verdict changes by rule and outcome.",
+            (*SERIES, "rule", "outcome"),
+        ),
+        policy_rollback_active=gauge(
+            "llm_monitor_policy_rollback_active",
+            "1 while any rollback rule fires for the series (Argo Rollouts analysis reads this).",
+            SERIES,
+        ),
+        killswitch_engaged=gauge(
+            "llm_monitor_killswitch_engaged",
+            "1 while the kill switch of a model/deployment is engaged.",
+            ("model", "deployment"),
+        ),
+        actions=counter(
+            "llm_monitor_actions", "Actions published (rollback, kill, resume).", ("action",)
+        ),
+        webhook_attempts=counter(
+            "llm_monitor_webhook_attempts",
+            "Webhook POSTs by action and outcome (delivered, retrying, gave_up).",
+            ("action", "outcome"),
+        ),
+        killswitch_api_calls=counter(
+            "llm_monitor_killswitch_api_calls",
+            "Kill-switch API calls by outcome (ok, unauthorized, invalid, disabled).",
+            ("outcome",),
         ),
     )

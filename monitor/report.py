@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from monitor.config import Settings
+from monitor.policy.receiver import Receiver
 from monitor.storage.client import connect
 
 console = Console(width=140)
@@ -151,3 +152,62 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
     console.print("Try:")
     for title, sql in EXAMPLE_QUERIES:
         console.print(f'  # {title}\n  llm-monitor query "{sql}" --data-dir {settings.data_dir}')
+
+
+def print_actions(settings: Settings, receiver: Receiver) -> None:
+    """What the policy did: acting decisions, webhook deliveries, kill switches, incidents."""
+    client = connect(settings.storage_dsn)
+    db = settings.storage.database
+
+    def rows(sql: str) -> list[Any]:
+        return list(client.query(sql, parameters={"db": db}).result_rows)
+
+    console.print(
+        _table(
+            "Policy decisions that acted (and the ones held back)",
+            ["rule", "outcome", "model", "version", "deployment", "observed", "bound", "n"],
+            rows(
+                "SELECT rule, outcome, model, model_version, deployment, observed, bound_low, n "
+                "FROM {db:Identifier}.decisions FINAL WHERE action != 'none' AND outcome IN "
+                "('fire', 'suppressed', 'cooldown', 'dry_run') ORDER BY decided_at LIMIT 20"
+            ),
+        )
+    )
+    console.print(
+        _table(
+            "Webhook deliveries (table actions)",
+            ["action", "idempotency key", "attempts", "outcome", "status"],
+            rows(
+                "SELECT action, idempotency_key, max(attempt), argMax(outcome, attempt), "
+                "argMax(status_code, attempt) FROM {db:Identifier}.actions FINAL "
+                "GROUP BY action, idempotency_key ORDER BY min(at)"
+            ),
+        )
+    )
+    verified = ", ".join(f"{d.event} {d.body.get('model')}/{d.body.get('deployment')}"
+                         for d in receiver.deliveries)  # fmt: skip
+    console.print(
+        f"receiver verified {len(receiver.deliveries)} signed deliveries ({verified or 'none'}); "
+        f"refused {len(receiver.refused)}"
+    )
+    console.print(
+        _table(
+            "Kill switches",
+            ["model", "deployment", "engaged", "actor", "incident", "reason"],
+            rows(
+                "SELECT model, deployment, argMax(engaged, changed_at), argMax(actor, changed_at), "
+                "argMax(incident_id, changed_at), argMax(reason, changed_at) "
+                "FROM {db:Identifier}.killswitch FINAL GROUP BY model, deployment"
+            ),
+        )
+    )
+    incidents = rows(
+        "SELECT incident_id, action, rule, model, deployment FROM {db:Identifier}.incidents "
+        "FINAL ORDER BY opened_at"
+    )
+    console.print(_table("Incidents", ["incident", "action", "rule", "model", "deployment"],
+                         incidents))  # fmt: skip
+    if incidents:
+        console.print(
+            f"  llm-monitor incident report {incidents[-1][0]} --data-dir {settings.data_dir}"
+        )

@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from monitor.config import Settings
 from monitor.metrics import Metrics
 from monitor.pipeline import DeadLetter, ScoredBatch
+from monitor.policy.records import Incident, PolicyRecords
 from monitor.storage.client import connect, redact_dsn
 from monitor.storage.migrate import migrate
 from monitor.storage.writer import ClickHouseWriter
@@ -32,10 +33,15 @@ log = logging.getLogger(__name__)
 KIND_SCORED: Final = "scored"
 KIND_DEAD_LETTERS: Final = "dead_letters"
 KIND_WINDOWS: Final = "windows"
+KIND_POLICY: Final = "policy"
+# An incident's evidence is copied this long after it opened, so the events and findings that
+# tipped it (still in flight through the other sink agents) are stored by then.
+EVIDENCE_DELAY_S: Final = 5.0
 
 _scored = msgspec.msgpack.Decoder(ScoredBatch)
 _window = msgspec.msgpack.Decoder(WindowStats)
 _dead = msgspec.json.Decoder(DeadLetter)
+_policy = msgspec.msgpack.Decoder(PolicyRecords)
 
 
 class SpoolEntry(msgspec.Struct):
@@ -53,6 +59,7 @@ class Sink:
         self._writer: ClickHouseWriter | None = None
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
+        self._evidence_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> ClickHouseWriter:
         """Connect, migrate and replay the spool, once: concurrent callers wait for the first."""
@@ -93,6 +100,22 @@ class Sink:
         except asyncio.CancelledError:
             self._spool(kind, values)
             raise
+        if kind == KIND_POLICY:
+            for incident in (i for v in values for i in _policy.decode(v).incidents):
+                task = asyncio.create_task(self._copy_evidence(incident))
+                self._evidence_tasks.add(task)
+                task.add_done_callback(self._evidence_tasks.discard)
+
+    async def _copy_evidence(self, incident: Incident) -> None:
+        """Copy an incident's evidence out of the TTL'd tables once it has landed."""
+        await asyncio.sleep(EVIDENCE_DELAY_S)
+        try:
+            async with self._lock:
+                writer = await self.open()
+                rows = await asyncio.to_thread(writer.copy_evidence, incident)
+            log.info("incident %s: %d evidence rows preserved", incident.incident_id, rows)
+        except Exception:  # `llm-monitor incident report` copies again if this failed
+            log.exception("incident %s: evidence copy failed", incident.incident_id)
 
     def _insert(self, writer: ClickHouseWriter, kind: str, values: Sequence[bytes]) -> None:
         tables: list[tuple[str, Callable[[], int]]]
@@ -110,6 +133,9 @@ class Sink:
         elif kind == KIND_WINDOWS:
             stats = [_window.decode(v) for v in values]
             tables = [("windows", lambda: writer.write_windows(stats))]
+        elif kind == KIND_POLICY:
+            records = [_policy.decode(v) for v in values]
+            tables = [("policy", lambda: sum(writer.write_policy(records).values()))]
         else:
             raise ValueError(f"unknown sink kind {kind!r}")
         for table, insert in tables:

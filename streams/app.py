@@ -34,13 +34,14 @@ from monitor.metrics import Metrics, create_metrics
 from monitor.pipeline import FindingRow, Pipeline, PipelineResult, RawMessage, ScoredBatch
 from monitor.rate_drift import WindowRateDrift
 from monitor.semantic import SemanticResult, SemanticScorer, build_embeddings
-from monitor.sink import KIND_DEAD_LETTERS, KIND_SCORED, KIND_WINDOWS, Sink
+from monitor.sink import KIND_DEAD_LETTERS, KIND_POLICY, KIND_SCORED, KIND_WINDOWS, Sink
 from monitor.windows import WindowPartial, WindowStats
+from streams.policy import add_policy_role
 from streams.tuning import seek_before_resume, set_fetch_max_wait
 
 log = logging.getLogger(__name__)
 
-EMIT_INTERVAL_S = 0.5
+EMIT_INTERVAL_S = 0.25
 SWEEP_INTERVAL_S = 1.0
 LAG_INTERVAL_S = 2.0
 # aiohttp refuses a charset inside content_type; Prometheus text format 0.0.4 is UTF-8 anyway.
@@ -130,6 +131,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             k.scored_topic,
             k.partials_topic,
             k.windows_topic,
+            k.actions_topic,
+            k.control_topic,
+            k.policy_topic,
         )  # fmt: skip
     }
     roles = settings.active_roles
@@ -146,6 +150,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         _add_embed_role(app, settings, metrics, topics)
     if "aggregate" in roles:
         _add_aggregate_role(app, settings, metrics, topics)
+    if "policy" in roles:
+        add_policy_role(app, settings, metrics, topics)
     if "sink" in roles:
         _add_sink_role(app, settings, metrics, topics)
     _add_views(app, settings, metrics)
@@ -385,9 +391,9 @@ class TextValues(MutableMapping[str, bytes]):
 
 
 def stats_key(stats: WindowStats) -> bytes:
-    return (
-        f"{stats.model}|{stats.model_version}|{stats.deployment}|{stats.window_start_ms}".encode()
-    )
+    """Windows are keyed by model: one policy worker sees every version and deployment of a
+    model (canary against stable) and owns its kill switches."""
+    return stats.model.encode()
 
 
 def _observe_window(metrics: Metrics, stats: WindowStats) -> None:
@@ -427,6 +433,7 @@ def _add_sink_role(
     sink_agent(k.scored_topic, KIND_SCORED, batch)
     sink_agent(k.dlq_topic, KIND_DEAD_LETTERS, max(batch, 500))
     sink_agent(k.windows_topic, KIND_WINDOWS, max(batch, 500))
+    sink_agent(k.policy_topic, KIND_POLICY, max(batch, 500))
 
     @app.task  # type: ignore[untyped-decorator]
     async def open_storage() -> None:

@@ -14,6 +14,7 @@ from clickhouse_connect.driver.client import Client
 
 from detectors.pii import PiiScanner
 from monitor.pipeline import DeadLetter, EventRow, FindingRow, redact_raw
+from monitor.policy.records import Incident, PolicyRecords
 from monitor.windows import WindowStats
 
 EVENT_COLUMNS = (
@@ -37,6 +38,46 @@ DEAD_LETTER_COLUMNS = (
     "topic", "partition", "offset", "key", "raw", "raw_bytes", "raw_redacted", "reason", "error",
     "kafka_timestamp", "received_at",
 )  # fmt: skip
+
+
+DECISION_COLUMNS = (
+    "idempotency_key", "decided_at", "rule", "action", "outcome", "model", "model_version",
+    "deployment", "observed", "bound_low", "bound_high", "threshold", "n", "window_start",
+    "window_end", "windows", "confidence", "dry_run", "detail",
+)  # fmt: skip
+ACTION_COLUMNS = (
+    "idempotency_key", "action", "url", "attempt", "at", "status_code", "error", "latency_ms",
+    "outcome",
+)  # fmt: skip
+KILLSWITCH_COLUMNS = (
+    "model", "deployment", "engaged", "reason", "actor", "changed_at", "incident_id",
+    "idempotency_key",
+)  # fmt: skip
+AUDIT_COLUMNS = ("at", "remote", "method", "path", "target", "outcome", "detail")
+INCIDENT_COLUMNS = (
+    "incident_id", "opened_at", "action", "rule", "model", "model_version", "deployment",
+    "evidence_from", "evidence_to", "summary",
+)  # fmt: skip
+# Evidence: the series' events, flagged findings and windows in the incident's span, as JSON
+# rows. Constant statements: every value is a bound parameter.
+EVIDENCE_STATEMENTS = (
+    "INSERT INTO {db:Identifier}.incident_evidence (incident_id, kind, key, at, row) "
+    "SELECT {id:String}, 'event', request_id, event_time, formatRowNoNewline('JSONEachRow', *) "
+    "FROM {db:Identifier}.events FINAL "
+    "WHERE model = {model:String} AND deployment = {deployment:String} "
+    "AND event_time BETWEEN {start:DateTime64(3)} AND {end:DateTime64(3)}",
+    "INSERT INTO {db:Identifier}.incident_evidence (incident_id, kind, key, at, row) "
+    "SELECT {id:String}, 'finding', concat(detector, ':', request_id), event_time, "
+    "formatRowNoNewline('JSONEachRow', *) FROM {db:Identifier}.findings FINAL "
+    "WHERE model = {model:String} AND deployment = {deployment:String} "
+    "AND flagged AND event_time BETWEEN {start:DateTime64(3)} AND {end:DateTime64(3)}",
+    "INSERT INTO {db:Identifier}.incident_evidence (incident_id, kind, key, at, row) "
+    "SELECT {id:String}, 'window', concat(model_version, '@', toString(window_start)), "
+    "window_start, formatRowNoNewline('JSONEachRow', * EXCEPT (latency_sketch)) "
+    "FROM {db:Identifier}.windows FINAL "
+    "WHERE model = {model:String} AND deployment = {deployment:String} "
+    "AND window_end >= {start:DateTime64(3)} AND window_start <= {end:DateTime64(3)}",
+)
 
 
 def _dt(epoch_ms: int) -> datetime:
@@ -95,6 +136,54 @@ class ClickHouseWriter:
 
     def write_windows(self, stats: Sequence[WindowStats]) -> int:
         return self._insert("windows", [window_values(w) for w in stats], WINDOW_COLUMNS)
+
+    def write_policy(self, batches: Sequence[PolicyRecords]) -> dict[str, int]:
+        """Each record kind into its table; returns rows per table."""
+        decisions = [d for b in batches for d in b.decisions]
+        attempts = [a for b in batches for a in b.attempts]
+        states = [k for b in batches for k in b.killswitch]
+        audit = [a for b in batches for a in b.audit]
+        incidents = [i for b in batches for i in b.incidents]
+        return {
+            "decisions": self._insert("decisions", [[
+                d.idempotency_key, _dt(d.decided_at_ms), d.rule, d.action, d.outcome, d.model,
+                d.model_version, d.deployment, d.observed, d.bound_low, d.bound_high,
+                d.threshold, d.n, _dt(d.window_start_ms), _dt(d.window_end_ms), d.windows,
+                d.confidence, int(d.dry_run), d.detail,
+            ] for d in decisions], DECISION_COLUMNS),
+            "actions": self._insert("actions", [[
+                a.idempotency_key, a.action, a.url, a.attempt, _dt(a.at_ms), a.status_code,
+                a.error, a.latency_ms, a.outcome,
+            ] for a in attempts], ACTION_COLUMNS),
+            "killswitch": self._insert("killswitch", [[
+                k.model, k.deployment, int(k.engaged), k.reason, k.actor, _dt(k.changed_at_ms),
+                k.incident_id, k.idempotency_key,
+            ] for k in states], KILLSWITCH_COLUMNS),
+            "audit_log": self._insert("audit_log", [[
+                _dt(a.at_ms), a.remote, a.method, a.path, a.target, a.outcome,
+                a.detail,
+            ] for a in audit], AUDIT_COLUMNS),
+            "incidents": self._insert("incidents", [[
+                i.incident_id, _dt(i.opened_at_ms), i.action, i.rule, i.model, i.model_version,
+                i.deployment, _dt(i.evidence_from_ms), _dt(i.evidence_to_ms), i.summary,
+            ] for i in incidents], INCIDENT_COLUMNS),
+        }  # fmt: skip
+
+    def copy_evidence(self, incident: Incident) -> int:
+        """Copy the incident's events, findings and windows into ``incident_evidence``."""
+        params = {
+            "db": self.database, "id": incident.incident_id, "model": incident.model,
+            "deployment": incident.deployment, "start": _dt(incident.evidence_from_ms),
+            "end": _dt(incident.evidence_to_ms),
+        }  # fmt: skip
+        for statement in EVIDENCE_STATEMENTS:
+            self.client.command(statement, parameters=params)
+        rows = self.client.query(
+            "SELECT count() FROM {db:Identifier}.incident_evidence FINAL "
+            "WHERE incident_id = {id:String}",
+            parameters=params,
+        ).result_rows
+        return int(rows[0][0])
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         rows = []

@@ -12,7 +12,7 @@ from monitor.errors import ConfigError
 
 def test_defaults_are_valid() -> None:
     settings = load_settings()
-    assert settings.active_roles == ("score", "embed", "aggregate", "sink")
+    assert settings.active_roles == ("score", "embed", "aggregate", "policy", "sink")
     assert settings.storage_dsn.startswith("chdb://")
 
 
