@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint typecheck unit integration e2e bench clean
+.PHONY: setup tools demo test lint typecheck unit integration e2e bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,16 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+tools:
+	./.ci/ensure-tools
+
+test: lint tools
 	$(BIN)/pytest
 
 unit: setup
 	$(BIN)/pytest tests/unit
 
-integration: setup
+integration: setup tools
 	$(BIN)/pytest tests/integration
 
 e2e: setup
