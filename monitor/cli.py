@@ -31,6 +31,8 @@ incident_app = typer.Typer(no_args_is_help=True, help="Postmortem drafts from st
 app.add_typer(incident_app, name="incident")
 policy_app = typer.Typer(no_args_is_help=True, help="Check policy files.")
 app.add_typer(policy_app, name="policy")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (also under bench/).")
+app.add_typer(bench_app, name="bench")
 console = Console()
 err = Console(stderr=True)
 
@@ -559,6 +561,20 @@ def receiver(
             seen = len(r.deliveries)
     except KeyboardInterrupt:
         r.stop()
+
+
+@bench_app.command("reaction")
+def bench_reaction(
+    incidents: Annotated[int, typer.Option(min=1)] = 50,
+    spacing_s: Annotated[float, typer.Option(help="seconds between incident starts")] = 1.0,
+    settle_s: Annotated[float, typer.Option(help="wait for the slowest path")] = 75.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Policy engine vs Prometheus + Alertmanager reaction time on the same incidents."""
+    from bench.reaction import main as reaction
+
+    args = ["--incidents", str(incidents), "--spacing-s", str(spacing_s)]
+    reaction([*args, "--settle-s", str(settle_s), *(["--json"] if as_json else [])])
 
 
 def main() -> None:

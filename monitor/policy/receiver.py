@@ -34,7 +34,7 @@ class Receiver:
     fail_first: int = 0
     deliveries: list[Delivery] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
-    alerts: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    alerts: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
     _keys: set[str] = field(default_factory=set)
@@ -69,7 +69,7 @@ class Receiver:
         now = time.time()
         with self._lock:
             if path.startswith("/alertmanager"):  # Alertmanager's own (unsigned) webhook
-                self.alerts.append((now, json.loads(body or b"{}")))
+                self.alerts.append((now, path, json.loads(body or b"{}")))
                 return 200, "ok"
             if self.fail_first > 0:
                 self.fail_first -= 1
