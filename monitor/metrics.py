@@ -67,6 +67,7 @@ class Metrics:
     drift_signals: Counter
     policy_decisions: Counter
     policy_rollback_active: Gauge
+    rollout_stage: Gauge
     killswitch_engaged: Gauge
     actions: Counter
     webhook_attempts: Counter
@@ -213,6 +214,11 @@ def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) 
         policy_rollback_active=gauge(
             "llm_monitor_policy_rollback_active",
             "1 while any rollback rule fires for the series (Argo Rollouts analysis reads this).",
+            SERIES,
+        ),
+        rollout_stage=gauge(
+            "llm_monitor_rollout_stage",
+            "Index of the canary's rollout stage in the policy (0 = first).",
             SERIES,
         ),
         killswitch_engaged=gauge(

@@ -65,7 +65,8 @@ def check_policy(settings: Settings) -> Policy:
     """Load the policy and refuse webhooks without a signing secret."""
     policy = load_policy(settings.policy.file)
     hooks = policy.webhooks
-    if (hooks.rollback or hooks.kill or hooks.resume) and settings.policy.webhook_secret is None:
+    named = hooks.rollback or hooks.kill or hooks.resume or hooks.promote
+    if named and settings.policy.webhook_secret is None:
         raise ConfigError(
             "policy.webhook_secret is not set but the policy names webhooks: they must be "
             "signed. Fix: set LLM_MONITOR_POLICY__WEBHOOK_SECRET (e.g. `openssl rand -hex 32`) "
@@ -153,6 +154,9 @@ def add_policy_role(
         for (model, version, deployment), active in engine.rollback_active().items():
             series = metrics.series(model, version, deployment)
             metrics.policy_rollback_active.labels(*series).set(1 if active else 0)
+            if deployment in policy.canary_deployments:
+                stage = engine.stage((model, version, deployment))
+                metrics.rollout_stage.labels(*series).set(stage)
 
     token = _secret(settings.policy.api_token)
 

@@ -98,6 +98,7 @@ class Webhooks(_Strict):
     rollback: list[str] = Field(default_factory=list)
     kill: list[str] = Field(default_factory=list)
     resume: list[str] = Field(default_factory=list)
+    promote: list[str] = Field(default_factory=list, description="rollout stage advanced")
     deadline_s: float = Field(default=3600.0, gt=0, description="retry until, then give up")
     timeout_s: float = Field(default=5.0, gt=0)
 

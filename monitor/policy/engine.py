@@ -144,6 +144,8 @@ class PolicyEngine:
         self._windows: dict[Series, dict[int, WindowStats]] = {}
         self._rules: dict[tuple[Series, str], RuleState] = {}
         self._last_action_ms: dict[tuple[str, str, str, str], int] = {}
+        self._stage: dict[Series, int] = {}
+        self._stage_windows: dict[Series, dict[int, tuple[int, int]]] = {}
 
     # -- kill switch ---------------------------------------------------------------------------
 
@@ -245,6 +247,80 @@ class PolicyEngine:
         out = EngineOutput()
         for evaluation in self._evaluate(series, merged):
             out.extend(self._transition(series, merged, evaluation))
+        if stats.deployment in self.policy.canary_deployments and self.policy.stages:
+            out.extend(self._advance(series, stats))
+        return out
+
+    def stage(self, series: Series) -> int:
+        """Index of the rollout stage the canary series is in (0 = the first)."""
+        return self._stage.get(series, 0)
+
+    def _advance(self, series: Series, stats: WindowStats) -> EngineOutput:
+        """Promote the canary to the next stage once the current one has shown enough healthy
+        traffic: its events since the stage began reach ``min_events`` and the error rate's
+        upper bound is under ``max_error_rate``, with no rollback rule firing and no kill."""
+        index = self.stage(series)
+        stages = self.policy.stages
+        if index >= len(stages) - 1:
+            return EngineOutput()
+        seen = self._stage_windows.setdefault(series, {})
+        seen[stats.window_start_ms] = (stats.events, stats.errors + stats.timeouts)
+        events = sum(e for e, _ in seen.values())
+        errors = sum(x for _, x in seen.values())
+        current, following = stages[index], stages[index + 1]
+        bound = wilson(errors, events, self.policy.confidence)
+        model, version, deployment = series
+        if (
+            events < current.min_events
+            or bound.high >= current.max_error_rate
+            or self.rollback_active().get(series, False)
+            or self.engaged(model, deployment)
+        ):
+            return EngineOutput()
+        self._stage[series] = index + 1
+        seen.clear()
+        at = self._clock()
+        key = f"promote:{model}:{version}:{deployment}:{following.name}"
+        decision = Decision(
+            idempotency_key=key,
+            decided_at_ms=at,
+            rule=f"stage.{following.name}",
+            action="promote",
+            outcome="dry_run" if self.policy.dry_run else "fire",
+            model=model,
+            model_version=version,
+            deployment=deployment,
+            observed=bound.value,
+            bound_low=bound.low,
+            bound_high=bound.high,
+            threshold=current.max_error_rate,
+            n=events,
+            window_start_ms=min(stats.window_start_ms, *self._windows[series]),
+            window_end_ms=stats.window_end_ms,
+            windows=len(self._windows[series]),
+            confidence=self.policy.confidence,
+            dry_run=self.policy.dry_run,
+            detail=f"{current.name} -> {following.name} at {following.traffic_percent}%",
+        )
+        out = EngineOutput(decisions=[decision])
+        if not self.policy.dry_run:
+            out.actions.append(
+                ActionRequest(
+                    action="promote",
+                    idempotency_key=key,
+                    created_at_ms=at,
+                    model=model,
+                    model_version=version,
+                    deployment=deployment,
+                    rule=decision.rule,
+                    reason=f"{decision.detail}: {events} events, error rate upper bound "
+                    f"{bound.high:.4f} < {current.max_error_rate}",
+                    incident_id="",
+                    decision=decision,
+                    stage=following.name,
+                    traffic_percent=following.traffic_percent,
+                )
+            )
         return out
 
     def _evaluate(self, series: Series, m: Merged) -> Iterator[Evaluation]:

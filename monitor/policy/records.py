@@ -36,7 +36,7 @@ class Decision(msgspec.Struct, kw_only=True):
 
 
 class ActionRequest(msgspec.Struct, kw_only=True):
-    """A decision that acts, as sent to the webhooks: rollback, kill or resume."""
+    """A decision that acts, as sent to the webhooks: rollback, kill, resume or promote."""
 
     action: str
     idempotency_key: str
@@ -48,6 +48,8 @@ class ActionRequest(msgspec.Struct, kw_only=True):
     reason: str
     incident_id: str
     decision: Decision | None = None
+    stage: str = ""
+    traffic_percent: float | None = None
 
 
 class ActionAttempt(msgspec.Struct, kw_only=True):

@@ -161,3 +161,19 @@ def test_kill_switch_engage_twice_acts_once_and_release_resumes() -> None:
     assert [a.action for a in release.actions] == ["resume"]
     assert release.killswitch[0].incident_id == first.incidents[0].incident_id
     assert not e.engaged("m", "canary")
+
+
+def test_canary_advances_through_stages_only_when_healthy() -> None:
+    e = engine(stages=[{"name": "5%", "traffic_percent": 5, "min_events": 600},
+                       {"name": "50%", "traffic_percent": 50, "min_events": 600},
+                       {"name": "100%", "traffic_percent": 100}])  # fmt: skip
+    assert e.observe(window(0, 400, 0)).actions == []  # not enough events yet
+    out = e.observe(window(1, 400, 0))
+    (promote,) = [a for a in out.actions if a.action == "promote"]
+    assert promote.stage == "50%" and promote.traffic_percent == 50
+    assert e.stage(("m", "v2", "canary")) == 1
+    sick = engine(stages=[{"name": "a", "traffic_percent": 5, "min_events": 100},
+                          {"name": "b", "traffic_percent": 100}])  # fmt: skip
+    out = sick.observe(window(0, 400, 60))
+    assert {a.action for a in out.actions} == {"rollback"}
+    assert sick.stage(("m", "v2", "canary")) == 0
