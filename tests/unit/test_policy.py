@@ -177,3 +177,8 @@ def test_canary_advances_through_stages_only_when_healthy() -> None:
     out = sick.observe(window(0, 400, 60))
     assert {a.action for a in out.actions} == {"rollback"}
     assert sick.stage(("m", "v2", "canary")) == 0
+
+
+def test_the_shipped_example_policy_is_valid_and_shows_the_defaults() -> None:
+    shipped = load_policy(Path(__file__).resolve().parents[2] / "deploy/policy/policy.yaml")
+    assert shipped.model_copy(update={"webhooks": Policy().webhooks}) == Policy()
