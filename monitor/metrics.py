@@ -68,6 +68,7 @@ class Metrics:
     policy_decisions: Counter
     policy_rollback_active: Gauge
     rollout_stage: Gauge
+    policy_rule: Gauge
     killswitch_engaged: Gauge
     actions: Counter
     webhook_attempts: Counter
@@ -78,8 +79,38 @@ class Metrics:
         return (g("model", model), g("model_version", version), g("deployment", deployment))
 
 
+SINK_TABLES = ("events", "findings", "windows", "dead_letters", "policy")
+ACTIONS = ("rollback", "kill", "resume", "promote")
+ATTEMPT_OUTCOMES = ("delivered", "retrying", "gave_up")
+API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
+
+
+def initialise(metrics: Metrics) -> None:
+    """Export zeros for every known label value, so alert rules and dashboards see the series
+    (and rates start) before the first error, refusal or dead letter happens."""
+    from monitor.events import REASONS
+
+    for reason in REASONS:
+        metrics.dead_letters.labels(reason)
+    for table in SINK_TABLES:
+        metrics.sink_errors.labels(table)
+        metrics.sink_rows.labels(table)
+    for action in ACTIONS:
+        metrics.actions.labels(action)
+        for outcome in ATTEMPT_OUTCOMES:
+            metrics.webhook_attempts.labels(action, outcome)
+    for outcome in API_OUTCOMES:
+        metrics.killswitch_api_calls.labels(outcome)
+
+
 def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) -> Metrics:
-    """Create and register every metric on ``registry``."""
+    """Create and register every metric on ``registry``, known label values at zero."""
+    metrics = _create(registry, max_label_values)
+    initialise(metrics)
+    return metrics
+
+
+def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
 
     def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return Counter(name, doc, labels, registry=registry)
@@ -215,6 +246,11 @@ def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) 
             "llm_monitor_policy_rollback_active",
             "1 while any rollback rule fires for the series (Argo Rollouts analysis reads this).",
             SERIES,
+        ),
+        policy_rule=gauge(
+            "llm_monitor_policy_rule",
+            "Latest evaluation of each policy rule: value, its confidence bounds, threshold, n.",
+            (*SERIES, "rule", "bound"),
         ),
         rollout_stage=gauge(
             "llm_monitor_rollout_stage",

@@ -157,6 +157,13 @@ def add_policy_role(
             if deployment in policy.canary_deployments:
                 stage = engine.stage((model, version, deployment))
                 metrics.rollout_stage.labels(*series).set(stage)
+        for (model, version, deployment), e in engine.latest():
+            series = metrics.series(model, version, deployment)
+            rule = metrics.guard("rule", e.rule)
+            for bound, value in (("value", e.bound.value), ("low", e.bound.low),
+                                 ("high", e.bound.high), ("threshold", e.threshold),
+                                 ("n", e.n)):  # fmt: skip
+                metrics.policy_rule.labels(*series, rule, bound).set(value)
 
     token = _secret(settings.policy.api_token)
 

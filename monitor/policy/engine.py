@@ -145,6 +145,7 @@ class PolicyEngine:
         self._rules: dict[tuple[Series, str], RuleState] = {}
         self._last_action_ms: dict[tuple[str, str, str, str], int] = {}
         self._stage: dict[Series, int] = {}
+        self._latest: dict[tuple[Series, str], Evaluation] = {}
         self._stage_windows: dict[Series, dict[int, tuple[int, int]]] = {}
 
     # -- kill switch ---------------------------------------------------------------------------
@@ -211,14 +212,15 @@ class PolicyEngine:
         if engage:
             out.incidents.append(
                 self._incident(
-                    incident, action, rule, (model, model_version, deployment), at, reason
+                    incident, action, rule, (model, model_version, deployment), at, reason, key
                 )
             )
         return out
 
     def _incident(
-        self, incident_id: str, action: str, rule: str, series: Series, at: int, summary: str
-    ) -> Incident:
+        self, incident_id: str, action: str, rule: str, series: Series, at: int, summary: str,
+        key: str = "",
+    ) -> Incident:  # fmt: skip
         windows = self._windows.get(series, {})
         start = min(windows, default=at - 60_000)
         return Incident(
@@ -232,6 +234,7 @@ class PolicyEngine:
             evidence_from_ms=start,
             evidence_to_ms=at,
             summary=summary,
+            idempotency_key=key,
         )
 
     # -- windows -------------------------------------------------------------------------------
@@ -453,7 +456,13 @@ class PolicyEngine:
 
     # -- verdicts ------------------------------------------------------------------------------
 
+    def latest(self) -> list[tuple[Series, Evaluation]]:
+        """Each rule's newest evaluation per series: value, bounds and threshold, for the
+        canary-vs-stable dashboard's confidence bands."""
+        return [(series, e) for (series, _), e in self._latest.items()]
+
     def _transition(self, series: Series, m: Merged, e: Evaluation) -> EngineOutput:
+        self._latest[(series, e.rule)] = e
         state = self._rules.setdefault((series, e.rule), RuleState())
         out = EngineOutput()
         if not e.conclusive:
@@ -542,7 +551,9 @@ class PolicyEngine:
             )
         )
         out.incidents.append(
-            self._incident(incident, "rollback", e.rule, series, decision.decided_at_ms, reason)
+            self._incident(
+                incident, "rollback", e.rule, series, decision.decided_at_ms, reason, key
+            )
         )
         return out
 

@@ -106,6 +106,7 @@ class Incident(msgspec.Struct, kw_only=True):
     evidence_from_ms: int
     evidence_to_ms: int
     summary: str
+    idempotency_key: str = ""
 
 
 class PolicyRecords(msgspec.Struct, kw_only=True):

@@ -56,7 +56,7 @@ KILLSWITCH_COLUMNS = (
 AUDIT_COLUMNS = ("at", "remote", "method", "path", "target", "outcome", "detail")
 INCIDENT_COLUMNS = (
     "incident_id", "opened_at", "action", "rule", "model", "model_version", "deployment",
-    "evidence_from", "evidence_to", "summary",
+    "evidence_from", "evidence_to", "summary", "idempotency_key",
 )  # fmt: skip
 # Evidence: the series' events, flagged findings and windows in the incident's span, as JSON
 # rows. Constant statements: every value is a bound parameter.
@@ -166,6 +166,7 @@ class ClickHouseWriter:
             "incidents": self._insert("incidents", [[
                 i.incident_id, _dt(i.opened_at_ms), i.action, i.rule, i.model, i.model_version,
                 i.deployment, _dt(i.evidence_from_ms), _dt(i.evidence_to_ms), i.summary,
+                i.idempotency_key,
             ] for i in incidents], INCIDENT_COLUMNS),
         }  # fmt: skip
 

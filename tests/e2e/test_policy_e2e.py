@@ -146,7 +146,7 @@ def test_kill_switch_api_auth_audit_and_restart(
     time.sleep(2.0)
     workers.stop_all()
     audit = query(
-        workers, "SELECT outcome, count() AS n FROM llm_monitor.audit_log GROUP BY outcome"
+        workers, "SELECT outcome, count() AS n FROM llm_monitor.audit_log FINAL GROUP BY outcome"
     )
     outcomes = {row["outcome"]: row["n"] for row in audit}
     assert outcomes["unauthorized"] == 3 and outcomes["ok"] >= 3

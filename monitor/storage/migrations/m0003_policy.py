@@ -75,9 +75,9 @@ STATEMENTS = [
         outcome LowCardinality(String),
         detail String
     )
-    ENGINE = MergeTree
+    ENGINE = ReplacingMergeTree
     PARTITION BY toYYYYMM(at)
-    ORDER BY at
+    ORDER BY (at, path, remote, target, outcome)
     """,
     """
     CREATE TABLE IF NOT EXISTS {db}.incidents (
@@ -90,7 +90,8 @@ STATEMENTS = [
         deployment LowCardinality(String),
         evidence_from DateTime64(3, 'UTC'),
         evidence_to DateTime64(3, 'UTC'),
-        summary String
+        summary String,
+        idempotency_key String
     )
     ENGINE = ReplacingMergeTree
     ORDER BY incident_id

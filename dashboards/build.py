@@ -1,0 +1,345 @@
+"""The dashboards, as code (grafana-foundation-sdk): SRE overview, detectors deep-dive, canary
+vs stable, and history from ClickHouse. ``llm-monitor dashboards build`` writes their JSON to
+dashboards/json/ (committed, provisioned by deploy/grafana/); a test keeps the committed JSON
+equal to this code and runs every query against a live pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    Threshold,
+    ThresholdsMode,
+    VariableRefresh,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+from dashboards.clickhouse import PLUGIN, UID, Query
+from monitor.policy.config import Policy
+
+OUT = Path(__file__).parent / "json"
+PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
+CLICKHOUSE = DataSourceRef(type_val=PLUGIN, uid=UID)
+SERIES = 'model=~"$model", deployment=~"$deployment"'
+RATE = "$__rate_interval"
+
+
+def prom(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+
+
+def thresholds(*steps: tuple[float, str]) -> db.ThresholdsConfig:
+    return (
+        db.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(None, "green"), *(Threshold(v, c) for v, c in steps)])
+    )
+
+
+def series_panel(
+    title: str, *queries: prometheus.Dataquery, unit: str = "short",
+    line: float | None = None, description: str = "", width: int = 12,
+) -> timeseries.Panel:  # fmt: skip
+    """A time series; ``line`` draws a policy threshold across it."""
+    panel = (
+        timeseries.Panel().title(title).description(description).datasource(PROMETHEUS)
+        .unit(unit).height(8).span(width).targets(list(queries))
+    )  # fmt: skip
+    if line is not None:
+        panel = panel.thresholds(thresholds((line, "red"))).thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
+        )
+    return panel
+
+
+def stat_panel(
+    title: str, query: prometheus.Dataquery, *, unit: str = "short", width: int = 6,
+    red_at: float | None = None,
+) -> stat.Panel:  # fmt: skip
+    panel = (
+        stat.Panel().title(title).datasource(PROMETHEUS).unit(unit).height(5).span(width)
+        .with_target(query)
+    )  # fmt: skip
+    if red_at is not None:
+        panel = panel.thresholds(thresholds((red_at, "red")))
+    return panel
+
+
+def history_table(title: str, sql: str, width: int = 12) -> table.Panel:
+    return (
+        table.Panel().title(title).datasource(CLICKHOUSE).height(9).span(width)
+        .with_target(Query(sql))
+    )  # fmt: skip
+
+
+def history_series(title: str, sql: str, unit: str = "short") -> timeseries.Panel:
+    return (
+        timeseries.Panel().title(title).datasource(CLICKHOUSE).unit(unit).height(8).span(12)
+        .with_target(Query(sql, time_series=True))
+    )  # fmt: skip
+
+
+def variable(name: str, metric: str) -> db.QueryVariable:
+    return (
+        db.QueryVariable(name).label(name.replace("_", " ")).datasource(PROMETHEUS)
+        .query(f"label_values({metric}, {name})").multi(True).include_all(True)
+        .all_value(".*").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+    )  # fmt: skip
+
+
+def base(uid: str, title: str, description: str) -> db.Dashboard:
+    return (
+        db.Dashboard(title).uid(uid).description(description).tags(["llm-monitor"])
+        .time("now-1h", "now").refresh("30s").timezone("utc").editable()
+    )  # fmt: skip
+
+
+def sre_overview() -> db.Dashboard:
+    return (
+        base("llm-monitor-sre", "LLM monitor: SRE overview",
+             "Traffic, errors, latency, detector flags, pipeline health and policy state.")
+        .with_variable(variable("model", "llm_monitor_window_events"))
+        .with_variable(variable("deployment", "llm_monitor_window_events"))
+        .with_row(db.Row("Policy"))
+        .with_panel(stat_panel("Kill switches engaged",
+                               prom(f"sum(llm_monitor_killswitch_engaged{{{SERIES}}})"),
+                               red_at=1))
+        .with_panel(stat_panel("Rollbacks active",
+                               prom(f"sum(llm_monitor_policy_rollback_active{{{SERIES}}})"),
+                               red_at=1))
+        .with_panel(stat_panel("Canary rollout stage",
+                               prom(f"max by (model, model_version) (llm_monitor_rollout_stage"
+                                    f"{{{SERIES}}})", "{{model}} {{model_version}}")))
+        .with_panel(stat_panel("Actions in the last hour",
+                               prom("sum by (action) (increase(llm_monitor_actions_total[1h]))",
+                                    "{{action}}")))
+        .with_row(db.Row("Traffic and quality"))
+        .with_panel(series_panel(
+            "Events per second",
+            prom(f"sum by (model, deployment) (rate(llm_monitor_events_valid_total{{{SERIES}}}"
+                 f"[{RATE}]))", "{{model}} {{deployment}}"), unit="reqps"))
+        .with_panel(series_panel(
+            "Error rate (latest window)",
+            prom(f"max by (model, model_version, deployment) (llm_monitor_window_error_rate"
+                 f"{{{SERIES}}})", "{{model}} {{model_version}} {{deployment}}"),
+            unit="percentunit", line=Policy().rollback.error_rate.threshold))
+        .with_panel(series_panel(
+            "Latency p50 / p95 / p99 per version",
+            prom(f"max by (model, model_version, deployment, quantile) "
+                 f"(llm_monitor_window_latency_ms{{{SERIES}}})",
+                 "{{model}} {{model_version}} p{{quantile}}"),
+            unit="ms", line=Policy().rollback.p99_latency.threshold_ms))
+        .with_panel(series_panel(
+            "Flag rate per detector",
+            prom(f"max by (model, deployment, detector) (llm_monitor_window_flag_rate"
+                 f"{{{SERIES}}})", "{{detector}} {{model}} {{deployment}}"),
+            unit="percentunit"))
+        .with_row(db.Row("Pipeline"))
+        .with_panel(series_panel(
+            "Dead letters per second, by reason",
+            prom(f"sum by (reason) (rate(llm_monitor_dead_letters_total[{RATE}]))", "{{reason}}"),
+            width=8))
+        .with_panel(series_panel(
+            "Consumer lag", prom("sum by (topic) (llm_monitor_consumer_lag_messages)",
+                                 "{{topic}}"), width=8))
+        .with_panel(series_panel(
+            "Produce → stored p99",
+            prom(f"histogram_quantile(0.99, sum by (le) "
+                 f"(rate(llm_monitor_end_to_end_seconds_bucket[{RATE}])))", "p99"),
+            unit="s", width=8))
+        .with_panel(series_panel(
+            "Webhook attempts by outcome",
+            prom(f"sum by (action, outcome) (rate(llm_monitor_webhook_attempts_total[{RATE}]))",
+                 "{{action}} {{outcome}}"), width=24))
+    )  # fmt: skip
+
+
+def detectors() -> db.Dashboard:
+    return (
+        base("llm-monitor-detectors", "LLM monitor: detectors",
+             "Per-detector rates, score distributions, detector cost and the embedding workers.")
+        .with_variable(variable("model", "llm_monitor_window_events"))
+        .with_variable(variable("deployment", "llm_monitor_window_events"))
+        .with_variable(variable("detector", "llm_monitor_detector_duration_seconds_count"))
+        .with_panel(series_panel(
+            "Flagged findings per second",
+            prom(f"sum by (detector, category) (rate(llm_monitor_detector_flags_total"
+                 f"{{{SERIES}, detector=~\"$detector\"}}[{RATE}]))", "{{detector}} {{category}}")))
+        .with_panel(series_panel(
+            "Flag rate per version (latest window)",
+            prom(f"max by (model, model_version, detector) (llm_monitor_window_flag_rate"
+                 f"{{{SERIES}, detector=~\"$detector\"}})",
+                 "{{detector}} {{model}} {{model_version}}"), unit="percentunit"))
+        .with_panel(
+            heatmap.Panel().title("Score distribution").datasource(PROMETHEUS).height(8).span(12)
+            .with_target(prom(f"sum by (le) (rate(llm_monitor_detector_score_bucket"
+                              f"{{detector=~\"$detector\"}}[{RATE}]))", "{{le}}")
+                         .format(PromQueryFormat.HEATMAP)))
+        .with_panel(series_panel(
+            "Median and p90 score",
+            prom(f"histogram_quantile(0.5, sum by (le, detector) "
+                 f"(rate(llm_monitor_detector_score_bucket{{detector=~\"$detector\"}}[{RATE}])))",
+                 "p50 {{detector}}"),
+            prom(f"histogram_quantile(0.9, sum by (le, detector) "
+                 f"(rate(llm_monitor_detector_score_bucket{{detector=~\"$detector\"}}[{RATE}])))",
+                 "p90 {{detector}}", "B")))
+        .with_panel(series_panel(
+            "Detector time per batch, p99",
+            prom(f"histogram_quantile(0.99, sum by (le, detector) "
+                 f"(rate(llm_monitor_detector_duration_seconds_bucket"
+                 f"{{detector=~\"$detector\"}}[{RATE}])))", "{{detector}}"), unit="s"))
+        .with_panel(series_panel(
+            "Embedding throughput and cache hits",
+            prom(f"sum(rate(llm_monitor_embed_texts_total[{RATE}]))", "texts/s"),
+            prom(f"sum(rate(llm_monitor_embed_cache_hits_total[{RATE}]))", "cache hits/s", "B"),
+            unit="short"))
+        .with_panel(series_panel(
+            "Embed batch size (median) and batch time (p99)",
+            prom(f"histogram_quantile(0.5, sum by (le) "
+                 f"(rate(llm_monitor_embed_batch_events_bucket[{RATE}])))", "events per batch"),
+            prom(f"histogram_quantile(0.99, sum by (le) "
+                 f"(rate(llm_monitor_embed_batch_duration_seconds_bucket[{RATE}])))",
+                 "seconds per batch", "B")))
+        .with_panel(series_panel(
+            "Bias disparity with its 95 % bounds",
+            prom(f"max by (model, model_version, metric, bound) "
+                 f"(llm_monitor_window_bias_disparity{{{SERIES}}})",
+                 "{{model_version}} {{metric}} {{bound}}"),
+            line=Policy().rollback.bias_disparity.threshold))
+        .with_panel(series_panel(
+            "Drift signals in the last hour",
+            prom("sum by (model, model_version, signal) "
+                 "(increase(llm_monitor_drift_signals_total[1h]))",
+                 "{{model}} {{model_version}} {{signal}}"), width=24))
+    )  # fmt: skip
+
+
+# (title, rule, unit, threshold): what the canary dashboard draws, with the policy's value.
+_POLICY = Policy()
+CANARY_RULES = (
+    ("Error rate", "rollback.error_rate", "percentunit", _POLICY.rollback.error_rate.threshold),
+    ("p99 latency", "rollback.p99_latency", "ms", _POLICY.rollback.p99_latency.threshold_ms),
+    ("Toxicity rate", "rollback.toxicity_rate", "percentunit",
+     _POLICY.rollback.detector_rates["toxicity"].threshold),
+    ("PII leak rate", "rollback.pii_rate", "percentunit",
+     _POLICY.rollback.detector_rates["pii"].threshold),
+    ("Hallucination rate", "rollback.hallucination_rate", "percentunit",
+     _POLICY.rollback.detector_rates["hallucination"].threshold),
+    ("Complaint rate", "rollback.complaint_rate", "percentunit",
+     _POLICY.rollback.complaint_rate.threshold),
+)  # fmt: skip
+
+
+def canary_vs_stable() -> db.Dashboard:
+    board = (
+        base("llm-monitor-canary", "LLM monitor: canary vs stable",
+             "Each policy metric of the canary with its confidence band (the bounds the policy "
+             "decides on), the stable deployment's value, and the policy threshold.")
+        .with_variable(variable("model", "llm_monitor_window_events"))
+        .with_panel(series_panel(
+            "Canary minus stable (error rate), with its interval",
+            prom('max by (model, bound) (llm_monitor_policy_rule{model=~"$model", '
+                 'rule="rollback.canary_vs_stable.error_rate", bound=~"value|low|high"})',
+                 "{{model}} {{bound}}"),
+            unit="percentunit", line=_POLICY.rollback.canary_vs_stable.margin, width=24))
+    )  # fmt: skip
+    for title, rule, unit, threshold in CANARY_RULES:
+        metric = {"rollback.error_rate": "error_rate", "rollback.complaint_rate":
+                  "complaint_rate"}.get(rule)  # fmt: skip
+        queries = [
+            prom(f'max by (model, model_version, bound) (llm_monitor_policy_rule{{model=~"$model",'
+                 f' deployment="canary", rule="{rule}", bound=~"value|low|high"}})',
+                 "canary {{model_version}} {{bound}}"),
+        ]  # fmt: skip
+        if metric is not None:
+            queries.append(
+                prom(
+                    f"max by (model, model_version) (llm_monitor_window_{metric}"
+                    f'{{model=~"$model", deployment="stable"}})',
+                    "stable {{model_version}}",
+                    "B",
+                )
+            )
+        board = board.with_panel(series_panel(title, *queries, unit=unit, line=threshold))
+    return board
+
+
+def history() -> db.Dashboard:
+    return (
+        base("llm-monitor-history", "LLM monitor: history (ClickHouse)",
+             "Months of history from ClickHouse: routes, PII leaks by type (no raw values), "
+             "hallucination by version, slowest requests, incidents and their evidence.")
+        .time("now-7d", "now")
+        .with_panel(history_series(
+            "Error rate per version (per-minute rollup)",
+            "SELECT $__timeInterval(minute) AS time, concat(model, ' ', model_version) AS "
+            "series, sum(errors) / sum(events) AS error_rate FROM llm_monitor.v_minute_by_version "
+            "WHERE $__timeFilter(minute) GROUP BY time, series ORDER BY time", "percentunit"))
+        .with_panel(history_series(
+            "Hallucination rate per version",
+            "SELECT $__timeInterval(minute) AS time, model_version AS series, "
+            "sum(flagged) / sum(scored) AS rate FROM llm_monitor.findings_minute "
+            "WHERE $__timeFilter(minute) AND detector = 'hallucination' GROUP BY time, series "
+            "ORDER BY time", "percentunit"))
+        .with_panel(history_series(
+            "PII leaks by type",
+            "SELECT $__timeInterval(event_time) AS time, type, count() AS leaks FROM "
+            "llm_monitor.v_pii_leak_ledger WHERE $__timeFilter(event_time) "
+            "GROUP BY time, type ORDER BY time"))
+        .with_panel(history_table(
+            "Top flagged routes",
+            "SELECT route, detector, count() AS flagged FROM llm_monitor.findings FINAL "
+            "WHERE $__timeFilter(event_time) AND flagged AND route != '' GROUP BY route, detector "
+            "ORDER BY flagged DESC LIMIT 20"))
+        .with_panel(history_table(
+            "Slowest requests",
+            "SELECT event_time, model, model_version, route, latency_ms, request_id "
+            "FROM llm_monitor.events FINAL WHERE $__timeFilter(event_time) "
+            "AND latency_ms IS NOT NULL ORDER BY latency_ms DESC LIMIT 20"))
+        .with_panel(history_table(
+            "Incidents with their evidence",
+            "SELECT opened_at, incident_id, action, rule, model, model_version, deployment, "
+            "evidence_events, evidence_findings, webhooks_delivered FROM llm_monitor.v_incidents "
+            "WHERE $__timeFilter(opened_at) ORDER BY opened_at DESC", width=24))
+        .with_panel(history_table(
+            "Detector agreement (events flagged by both)",
+            "SELECT detector_a, detector_b, both_flagged, either_flagged, jaccard "
+            "FROM llm_monitor.v_detector_agreement ORDER BY both_flagged DESC", width=24))
+    )  # fmt: skip
+
+
+DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
+    "sre-overview": sre_overview,
+    "detectors": detectors,
+    "canary-vs-stable": canary_vs_stable,
+    "history": history,
+}
+
+
+def as_json(board: db.Dashboard) -> dict[str, Any]:
+    encoded: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    return encoded
+
+
+def build_all() -> dict[str, dict[str, Any]]:
+    return {name: as_json(make()) for name, make in DASHBOARDS.items()}
+
+
+def write_all(out: Path = OUT) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, board in build_all().items():
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
