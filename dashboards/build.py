@@ -298,9 +298,9 @@ def history() -> db.Dashboard:
             "GROUP BY time, type ORDER BY time"))
         .with_panel(history_table(
             "Top flagged routes",
-            "SELECT route, detector, count() AS flagged FROM llm_monitor.findings FINAL "
+            "SELECT route, detector, count() AS flagged_findings FROM llm_monitor.findings FINAL "
             "WHERE $__timeFilter(event_time) AND flagged AND route != '' GROUP BY route, detector "
-            "ORDER BY flagged DESC LIMIT 20"))
+            "ORDER BY flagged_findings DESC LIMIT 20"))
         .with_panel(history_table(
             "Slowest requests",
             "SELECT event_time, model, model_version, route, latency_ms, request_id "
