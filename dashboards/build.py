@@ -46,6 +46,13 @@ def thresholds(*steps: tuple[float, str]) -> db.ThresholdsConfig:
     )
 
 
+def legend() -> common_builders.VizLegendOptions:
+    return (
+        common_builders.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+        .placement(common.LegendPlacement.BOTTOM).show_legend(True)
+    )  # fmt: skip
+
+
 def series_panel(
     title: str, *queries: prometheus.Dataquery, unit: str = "short",
     line: float | None = None, description: str = "", width: int = 12,
@@ -53,7 +60,7 @@ def series_panel(
     """A time series; ``line`` draws a policy threshold across it."""
     panel = (
         timeseries.Panel().title(title).description(description).datasource(PROMETHEUS)
-        .unit(unit).height(8).span(width).targets(list(queries))
+        .unit(unit).height(8).span(width).targets(list(queries)).legend(legend())
     )  # fmt: skip
     if line is not None:
         panel = panel.thresholds(thresholds((line, "red"))).thresholds_style(
@@ -85,7 +92,7 @@ def history_table(title: str, sql: str, width: int = 12) -> table.Panel:
 def history_series(title: str, sql: str, unit: str = "short") -> timeseries.Panel:
     return (
         timeseries.Panel().title(title).datasource(CLICKHOUSE).unit(unit).height(8).span(12)
-        .with_target(Query(sql, time_series=True))
+        .with_target(Query(sql, time_series=True)).legend(legend())
     )  # fmt: skip
 
 
@@ -328,6 +335,9 @@ DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
 
 def as_json(board: db.Dashboard) -> dict[str, Any]:
     encoded: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    for panel in encoded.get("panels", []):
+        if panel.get("options") is None and panel.get("type") != "row":
+            panel["options"] = {}  # what Grafana itself saves for a panel left at defaults
     return encoded
 
 

@@ -33,6 +33,8 @@ policy_app = typer.Typer(no_args_is_help=True, help="Check policy files.")
 app.add_typer(policy_app, name="policy")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (also under bench/).")
 app.add_typer(bench_app, name="bench")
+dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards as code.")
+app.add_typer(dashboards_app, name="dashboards")
 console = Console()
 err = Console(stderr=True)
 
@@ -432,6 +434,7 @@ WorkerUrl = Annotated[
 ]
 TOKEN_ENV = "LLM_MONITOR_POLICY__API_TOKEN"  # noqa: S105 - a variable's name, not a secret
 SECRET_ENV = "LLM_MONITOR_POLICY__WEBHOOK_SECRET"  # noqa: S105 - likewise
+GRAFANA_TOKEN_ENV = "GRAFANA_TOKEN"  # noqa: S105 - likewise
 TokenEnv = Annotated[
     str, typer.Option(help="environment variable holding the API token (never printed)")
 ]
@@ -561,6 +564,39 @@ def receiver(
             seen = len(r.deliveries)
     except KeyboardInterrupt:
         r.stop()
+
+
+@dashboards_app.command("build")
+def dashboards_build(
+    out: Annotated[Path | None, typer.Option(help="default: dashboards/json")] = None,
+) -> None:
+    """Write every dashboard's JSON (what deploy/grafana provisions)."""
+    from dashboards.build import OUT, write_all
+
+    for path in write_all(out or OUT):
+        console.print(f"wrote {path}")
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    url: Annotated[str, typer.Option(help="Grafana base URL, e.g. https://grafana.example")],
+    token_env: Annotated[
+        str, typer.Option(help="variable holding a Grafana service-account token")
+    ] = GRAFANA_TOKEN_ENV,
+    folder: Annotated[str, typer.Option(help="folder title")] = "LLM monitor",
+) -> None:
+    """Upload every dashboard to Grafana (grafana-client), overwriting older versions."""
+    from dashboards.push import push_all
+
+    token = os.environ.get(token_env)
+    if not token:
+        _fail(MonitorError(f"set {token_env} to a Grafana service-account token"))
+        return
+    try:
+        for uid, version in push_all(url, token, folder):
+            console.print(f"pushed {uid} (version {version})")
+    except MonitorError as exc:
+        _fail(exc)
 
 
 @bench_app.command("reaction")
