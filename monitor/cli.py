@@ -35,6 +35,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (also under bench
 app.add_typer(bench_app, name="bench")
 dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards as code.")
 app.add_typer(dashboards_app, name="dashboards")
+deploy_app = typer.Typer(no_args_is_help=True, help="Render deployment manifests.")
+app.add_typer(deploy_app, name="deploy")
 console = Console()
 err = Console(stderr=True)
 
@@ -564,6 +566,28 @@ def receiver(
             seen = len(r.deliveries)
     except KeyboardInterrupt:
         r.stop()
+
+
+@deploy_app.command("kubernetes")
+def deploy_kubernetes(
+    deploy_dir: Annotated[Path, typer.Option(help="the repo's deploy/ folder")] = Path("deploy"),
+) -> None:
+    """Write deploy/kubernetes/ (a Deployment, Service, PDB and HPA per role)."""
+    from monitor.kubernetes import write
+
+    for path in write(deploy_dir):
+        console.print(f"wrote {path}")
+
+
+@deploy_app.command("clickhouse-cluster")
+def deploy_clickhouse_cluster(
+    cluster: Annotated[str, typer.Option(help="cluster name in remote_servers")] = "llm_monitor",
+    deploy_dir: Annotated[Path, typer.Option(help="the repo's deploy/ folder")] = Path("deploy"),
+) -> None:
+    """Write the Replicated + Distributed schema for a ClickHouse cluster."""
+    from monitor.storage.cluster import write
+
+    console.print(f"wrote {write(deploy_dir, cluster)}")
 
 
 @dashboards_app.command("build")
