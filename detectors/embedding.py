@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -28,6 +29,10 @@ from detectors.fast_encode import FastEncoder
 
 Vectors = npt.NDArray[np.float32]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# torch everywhere; onnx / onnx-int8 on CPU (int8 moves the vectors); auto = onnx on CPU.
+BACKENDS = ("torch", "onnx", "onnx-int8", "auto")
+DEFAULT_ONNX_CACHE = Path.home() / ".cache" / "llm-monitor" / "onnx"
 
 
 def default_model_path() -> Path:
@@ -85,6 +90,8 @@ class EmbeddingService:
         cache_size: int | None = None,
         fp16: bool | None = None,
         fast: bool = True,
+        backend: str = "torch",
+        onnx_cache_dir: Path | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.device = device
@@ -95,6 +102,10 @@ class EmbeddingService:
         self.cache_size = self.CACHE_SIZE if cache_size is None else cache_size
         self.fp16 = fp16
         self.fast = fast
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.onnx_cache_dir = onnx_cache_dir or DEFAULT_ONNX_CACHE
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_wait_s < 0:
@@ -140,6 +151,19 @@ class EmbeddingService:
             self.max_batch = self.MAX_BATCH[kind]
         self._model = model
         self._fast = FastEncoder.from_model(model) if self.fast else None
+        if kind == "cpu" and self.backend != "torch":
+            from detectors.onnx_encode import OnnxEncoder
+
+            onnx = OnnxEncoder.for_model(
+                model, path, self.onnx_cache_dir, quantize=self.backend == "onnx-int8"
+            )
+            if onnx is not None:
+                if self._fast is not None:
+                    self._fast.close()
+                self._fast = onnx
+            elif self.backend != "auto":
+                log.warning("backend %s unavailable for %s; using torch", self.backend, path)
+        self.active_backend = type(self._fast).__name__ if self._fast else "encode"
         return self
 
     @property

@@ -140,6 +140,13 @@ class EmbeddingSettings(BaseModel):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_batch: int | None = Field(default=None, ge=1, description="texts per model call")
     cache_size: int = Field(default=50_000, ge=0)
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        default="auto",
+        description="auto: ONNX Runtime on CPU (measured 1.6x, same vectors), torch on CUDA",
+    )
+    onnx_cache_dir: Path | None = Field(
+        default=None, description="exported ONNX models; unset: ~/.cache/llm-monitor/onnx"
+    )
 
     _model_dir = field_validator("model_path")(_existing_dir)
 

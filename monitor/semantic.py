@@ -39,7 +39,12 @@ MAX_DRIFT_SERIES = 1000
 def build_embeddings(settings: DetectorsSettings) -> EmbeddingService:
     cfg = settings.embedding
     return EmbeddingService(
-        cfg.model_path, device=cfg.device, max_batch=cfg.max_batch, cache_size=cfg.cache_size
+        cfg.model_path,
+        device=cfg.device,
+        max_batch=cfg.max_batch,
+        cache_size=cfg.cache_size,
+        backend=cfg.backend,
+        onnx_cache_dir=cfg.onnx_cache_dir,
     )
 
 

@@ -77,10 +77,13 @@ def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
     kills = [d.body for d in r.deliveries if d.event == "kill"]
     assert {k["rule"] for k in kills} == {"kill.data_breach"}  # the PII leak burst
     assert all(k["deployment"] == "canary" for k in kills)
-    fired = query(workers, "SELECT rule, deployment, n, bound_low, threshold FROM "
+    fired = query(workers, "SELECT rule, deployment, n, bound_low, bound_high, threshold FROM "
                   "llm_monitor.decisions FINAL WHERE outcome = 'fire'")  # fmt: skip
     assert fired and all(row["deployment"] == "canary" for row in fired)
-    assert all(row["bound_low"] > row["threshold"] for row in fired)
+    triggers = [row for row in fired if not row["rule"].startswith("stage.")]
+    assert all(row["bound_low"] > row["threshold"] for row in triggers)
+    promotions = [row for row in fired if row["rule"].startswith("stage.")]
+    assert all(row["bound_high"] < row["threshold"] for row in promotions)
     assert all(row["n"] >= 1 for row in fired)
     assert scalar(workers, "SELECT countIf(outcome = 'delivered') FROM llm_monitor.actions "
                   "FINAL") == len(r.deliveries)  # fmt: skip

@@ -102,3 +102,17 @@ def test_a_directory_that_is_not_a_model_is_named(tmp_path: Path) -> None:
 def test_bad_knobs_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         EmbeddingService(**kwargs)  # type: ignore[arg-type]
+
+
+def test_onnx_backend_gives_the_torch_vectors(
+    tmp_path: Path, cpu_embeddings: EmbeddingService
+) -> None:
+    texts = ["The capital of Australia is Canberra.", "short", "A much longer sentence " * 20]
+    onnx = EmbeddingService(device="cpu", backend="onnx", onnx_cache_dir=tmp_path).start()
+    assert onnx.active_backend == "OnnxEncoder"
+    assert [p.name.endswith("-fp32.onnx") for p in tmp_path.iterdir()] == [True]
+    np.testing.assert_allclose(onnx.encode(texts), cpu_embeddings.encode(texts), atol=1e-4)
+    again = EmbeddingService(device="cpu", backend="auto", onnx_cache_dir=tmp_path).start()
+    assert again.active_backend == "OnnxEncoder" and len(list(tmp_path.iterdir())) == 1
+    onnx.close()
+    again.close()
