@@ -186,7 +186,7 @@ def _event(
     latency = rng.lognormvariate(6.6, 0.45)  # median ~ 735 ms
     if "injection_wave" in active and rng.random() < 0.15:
         prompt = rng.choice(INJECTIONS)
-    if "toxic_burst" in incidents and rng.random() < 0.3:
+    if "toxic_burst" in incidents and rng.random() < 0.08:  # rollback, not kill (10 %)
         response = rng.choice(TOXIC)
     if "refusal_skew" in incidents and group == GROUPS[0] and rng.random() < 0.5:
         response = REFUSAL

@@ -10,7 +10,9 @@ on the merge. A rule's verdict is one of:
   ``dry_run``), a cooldown for the same target and action is running (``cooldown``), or the
   kill switch of the deployment is engaged and the action is a rollback (``suppressed``);
 - *resolved* — once firing, the rule clears only when the *upper* bound falls below
-  ``threshold × recovery_ratio``: hysteresis, so a rate hovering at the threshold cannot flap;
+  ``threshold × recovery_ratio``: hysteresis, so a rate hovering at the threshold cannot flap.
+  Time only moves forward for a rule: it resolves only on windows newer than the ones that
+  fired it, and late evidence about windows older than a resolution cannot reopen it;
 - *healthy* — conclusive and below.
 
 A decision is recorded when a rule's verdict changes. Its idempotency key names the action,
@@ -35,6 +37,7 @@ from monitor.policy.stats import Bound, quantile_bounds, rate_difference, wilson
 from monitor.windows import WindowStats, add_group_counts, decode_sketch
 
 Series = tuple[str, str, str]
+KEPT_WINDOWS = 30  # per series: late snapshots of windows this recent are still judged
 _state_decoder = msgspec.json.Decoder(KillSwitchState)
 
 
@@ -107,6 +110,8 @@ class Evaluation:
 class RuleState:
     firing: bool = False
     episode_ms: int = 0
+    episode_end_ms: int = 0  # end of the span that fired: only newer spans may resolve it
+    resolved_end_ms: int = 0  # end of the span that resolved: older spans cannot reopen it
     last_outcome: str = ""
 
 
@@ -146,6 +151,7 @@ class PolicyEngine:
         self._last_action_ms: dict[tuple[str, str, str, str], int] = {}
         self._stage: dict[Series, int] = {}
         self._latest: dict[tuple[Series, str], Evaluation] = {}
+        self._last_merged: dict[Series, Merged] = {}
         self._stage_windows: dict[Series, dict[int, tuple[int, int]]] = {}
 
     # -- kill switch ---------------------------------------------------------------------------
@@ -221,8 +227,8 @@ class PolicyEngine:
         self, incident_id: str, action: str, rule: str, series: Series, at: int, summary: str,
         key: str = "",
     ) -> Incident:  # fmt: skip
-        windows = self._windows.get(series, {})
-        start = min(windows, default=at - 60_000)
+        merged = self._last_merged.get(series)
+        start = merged.window_start_ms if merged else at - 60_000
         return Incident(
             incident_id=incident_id,
             opened_at_ms=at,
@@ -240,13 +246,18 @@ class PolicyEngine:
     # -- windows -------------------------------------------------------------------------------
 
     def observe(self, stats: WindowStats) -> EngineOutput:
-        """Take one window snapshot (final or not) and evaluate its series."""
+        """Take one window snapshot (final or not) and evaluate its series on the
+        ``evaluation_windows`` windows ending at that window. A snapshot of an older window
+        (late evidence, e.g. semantic findings from a lagging embed worker) is judged with
+        its own neighbours, not drowned by the newest windows."""
         series = (stats.model, stats.model_version, stats.deployment)
         windows = self._windows.setdefault(series, {})
         windows[stats.window_start_ms] = stats
-        for start in sorted(windows)[: -self.policy.evaluation_windows]:
+        for start in sorted(windows)[: -max(KEPT_WINDOWS, self.policy.evaluation_windows)]:
             del windows[start]
-        merged = Merged.of(list(windows.values()))
+        span = [w for start, w in sorted(windows.items()) if start <= stats.window_start_ms]
+        merged = Merged.of(span[-self.policy.evaluation_windows :])
+        self._last_merged[series] = merged
         out = EngineOutput()
         for evaluation in self._evaluate(series, merged):
             out.extend(self._transition(series, merged, evaluation))
@@ -281,6 +292,7 @@ class PolicyEngine:
         ):
             return EngineOutput()
         self._stage[series] = index + 1
+        first_window, stage_windows = min(seen), len(seen)
         seen.clear()
         at = self._clock()
         key = f"promote:{model}:{version}:{deployment}:{following.name}"
@@ -298,9 +310,9 @@ class PolicyEngine:
             bound_high=bound.high,
             threshold=current.max_error_rate,
             n=events,
-            window_start_ms=min(stats.window_start_ms, *self._windows[series]),
+            window_start_ms=first_window,
             window_end_ms=stats.window_end_ms,
-            windows=len(self._windows[series]),
+            windows=stage_windows,
             confidence=self.policy.confidence,
             dry_run=self.policy.dry_run,
             detail=f"{current.name} -> {following.name} at {following.traffic_percent}%",
@@ -430,11 +442,14 @@ class PolicyEngine:
     def _compare(self, model: str, canary: Merged) -> Iterator[Evaluation]:
         """Canary minus the busiest stable series of the same model, per configured rate."""
         rule, c = self.policy.rollback.canary_vs_stable, self.policy.confidence
-        stables = [
-            Merged.of(list(w.values()))
-            for (m, _, d), w in self._windows.items()
-            if m == model and d in self.policy.stable_deployments and w
-        ]
+        stables = []
+        for (m, _, d), windows in self._windows.items():
+            if m != model or d not in self.policy.stable_deployments:
+                continue
+            same_span = [w for start, w in windows.items()
+                         if canary.window_start_ms <= start < canary.window_end_ms]  # fmt: skip
+            if same_span:
+                stables.append(Merged.of(same_span))
         if not stables:
             return
         stable = max(stables, key=lambda s: s.events)
@@ -467,14 +482,21 @@ class PolicyEngine:
         out = EngineOutput()
         if not e.conclusive:
             outcome = "inconclusive"
-        elif not state.firing and e.over():
+        elif not state.firing and e.over() and m.window_end_ms > state.resolved_end_ms:
             state.firing, state.episode_ms = True, m.window_start_ms
+            state.episode_end_ms = m.window_end_ms
             outcome = "fire"
-        elif state.firing and e.under(self.policy.recovery_ratio):
-            state.firing = False
+        elif (
+            state.firing
+            and e.under(self.policy.recovery_ratio)
+            and m.window_end_ms > state.episode_end_ms
+        ):
+            state.firing, state.resolved_end_ms = False, m.window_end_ms
             outcome = "resolved"
         elif state.firing:
             outcome = "fire"
+        elif e.over():  # over, but about windows older than the last resolution: history
+            outcome = state.last_outcome
         else:
             outcome = "healthy"
         if outcome == state.last_outcome:

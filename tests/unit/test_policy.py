@@ -182,3 +182,22 @@ def test_canary_advances_through_stages_only_when_healthy() -> None:
 def test_the_shipped_example_policy_is_valid_and_shows_the_defaults() -> None:
     shipped = load_policy(Path(__file__).resolve().parents[2] / "deploy/policy/policy.yaml")
     assert shipped.model_copy(update={"webhooks": Policy().webhooks}) == Policy()
+
+
+def test_late_evidence_for_an_older_window_is_judged_with_its_neighbours() -> None:
+    e = engine()
+    for minute in range(5):
+        e.observe(window(minute, 200, 0))
+    # The embed worker catches up: minute 1 now carries toxic flags.
+    out = e.observe(window(1, 200, 0, flags={"toxicity": 30}))
+    assert outcomes(out.decisions, "rollback.safety_incidents") == ["fire"]
+    assert outcomes(out.decisions, "rollback.toxicity_rate") == ["cooldown"]  # one rollback
+    assert [a.action for a in out.actions] == ["rollback"]
+
+
+def test_late_evidence_older_than_a_resolution_does_not_reopen_the_rule() -> None:
+    e = engine(evaluation_windows=1, cooldown_s=0)
+    assert outcomes(e.observe(window(0, 400, 80)).decisions, "rollback.error_rate") == ["fire"]
+    assert outcomes(e.observe(window(5, 400, 2)).decisions, "rollback.error_rate") == ["resolved"]
+    late = e.observe(window(1, 400, 90))  # a straggling snapshot of an old, bad window
+    assert outcomes(late.decisions, "rollback.error_rate") == [] and late.actions == []
