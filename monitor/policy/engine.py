@@ -480,23 +480,26 @@ class PolicyEngine:
         self._latest[(series, e.rule)] = e
         state = self._rules.setdefault((series, e.rule), RuleState())
         out = EngineOutput()
-        if not e.conclusive:
+        if state.firing:
+            # Firing stays firing (missing data changes nothing) until newer windows are
+            # conclusively below the recovery threshold.
+            resolved = (
+                e.conclusive
+                and e.under(self.policy.recovery_ratio)
+                and m.window_end_ms > state.episode_end_ms
+            )
+            if not resolved:
+                return out
+            state.firing, state.resolved_end_ms = False, m.window_end_ms
+            outcome = "resolved"
+        elif not e.conclusive:
             outcome = "inconclusive"
-        elif not state.firing and e.over() and m.window_end_ms > state.resolved_end_ms:
+        elif e.over():
+            if m.window_end_ms <= state.resolved_end_ms:
+                return out  # windows older than the last resolution: history, not news
             state.firing, state.episode_ms = True, m.window_start_ms
             state.episode_end_ms = m.window_end_ms
             outcome = "fire"
-        elif (
-            state.firing
-            and e.under(self.policy.recovery_ratio)
-            and m.window_end_ms > state.episode_end_ms
-        ):
-            state.firing, state.resolved_end_ms = False, m.window_end_ms
-            outcome = "resolved"
-        elif state.firing:
-            outcome = "fire"
-        elif e.over():  # over, but about windows older than the last resolution: history
-            outcome = state.last_outcome
         else:
             outcome = "healthy"
         if outcome == state.last_outcome:

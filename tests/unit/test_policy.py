@@ -201,3 +201,12 @@ def test_late_evidence_older_than_a_resolution_does_not_reopen_the_rule() -> Non
     assert outcomes(e.observe(window(5, 400, 2)).decisions, "rollback.error_rate") == ["resolved"]
     late = e.observe(window(1, 400, 90))  # a straggling snapshot of an old, bad window
     assert outcomes(late.decisions, "rollback.error_rate") == [] and late.actions == []
+
+
+def test_a_firing_rule_does_not_fire_again_after_a_gap_in_the_data() -> None:
+    e = engine(evaluation_windows=1, cooldown_s=0)
+    assert outcomes(e.observe(window(0, 400, 80)).decisions, "rollback.error_rate") == ["fire"]
+    gap = e.observe(window(1, 10, 5))  # too few events: still firing, silent
+    assert outcomes(gap.decisions, "rollback.error_rate") == []
+    again = e.observe(window(2, 400, 30))  # over the threshold, not recovered
+    assert outcomes(again.decisions, "rollback.error_rate") == [] and again.actions == []
