@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from detectors.base import DetectorRegistry, Finding
+from detectors.base import DetectorRegistry, Finding, run_detectors
 from detectors.pii import PiiDetector, PiiMatch, PiiScanner, PiiType, redact
 from monitor.errors import SchemaError
 from monitor.events import Event, decode_event
@@ -86,6 +86,17 @@ class FindingRow(msgspec.Struct, kw_only=True):
     deployment: str
     route: str
 
+    @classmethod
+    def of(cls, finding: Finding, event: Event) -> FindingRow:
+        return cls(
+            finding=finding,
+            event_time_ms=event.timestamp_ms,
+            model=event.model,
+            model_version=event.model_version,
+            deployment=event.deployment,
+            route=event.route,
+        )
+
 
 class ScoredBatch(msgspec.Struct):
     """What a scorer publishes for the sink: rows for `events` and `findings`."""
@@ -145,12 +156,7 @@ class Pipeline:
             events.append(event)
             produced_at[event.request_id] = message.timestamp_ms
 
-        findings: list[Finding] = []
-        seconds: dict[str, float] = {}
-        for detector in self.registry:
-            started = time.perf_counter()
-            findings.extend(detector.score(events))
-            seconds[detector.name] = time.perf_counter() - started
+        findings, seconds = run_detectors(self.registry, events)
 
         by_request: dict[str, list[Finding]] = {}
         for finding in findings:
@@ -160,16 +166,7 @@ class Pipeline:
             for e in events
         ]
         finding_rows = [
-            FindingRow(
-                finding=f,
-                event_time_ms=e.timestamp_ms,
-                model=e.model,
-                model_version=e.model_version,
-                deployment=e.deployment,
-                route=e.route,
-            )
-            for e in events
-            for f in by_request.get(e.request_id, ())
+            FindingRow.of(f, e) for e in events for f in by_request.get(e.request_id, ())
         ]
         return PipelineResult(
             scored=ScoredBatch(events=rows, findings=finding_rows),

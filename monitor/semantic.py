@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from detectors.base import Detector, Finding
+from detectors.base import Detector, Finding, run_detectors
 from detectors.bias import group_counts
 from detectors.drift import DRIFT_DETECTOR, DRIFT_VERSION, mean_shift_test
 from detectors.embedding import EmbeddingService
@@ -192,16 +192,11 @@ class SemanticScorer:
 
     def process(self, events: Sequence[Event]) -> SemanticResult:
         texts_before = self.embeddings.stats.texts
-        findings: list[Finding] = []
-        seconds: dict[str, float] = {}
-        for detector in self.detectors:
-            started = time.perf_counter()
-            findings.extend(detector.score(events))
-            seconds[detector.name] = time.perf_counter() - started
+        findings, seconds = run_detectors(self.detectors, events)
         # Bias may run without toxicity being a reported detector; its flags still count.
         reported = [f for f in findings if self._reported(f.detector)]
         by_id = {e.request_id: e for e in events}
-        rows = [self._row(f, by_id[f.request_id]) for f in reported]
+        rows = [FindingRow.of(f, by_id[f.request_id]) for f in reported]
         if self.drift is not None:
             started = time.perf_counter()
             answered = [e for e in events if e.response]
@@ -232,14 +227,3 @@ class SemanticScorer:
             for e in events
             if e.response and e.attributes.get(attribute)
         }
-
-    @staticmethod
-    def _row(finding: Finding, event: Event) -> FindingRow:
-        return FindingRow(
-            finding=finding,
-            event_time_ms=event.timestamp_ms,
-            model=event.model,
-            model_version=event.model_version,
-            deployment=event.deployment,
-            route=event.route,
-        )

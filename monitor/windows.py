@@ -151,28 +151,37 @@ def window_start(timestamp_ms: int, window_s: int) -> int:
     return timestamp_ms - timestamp_ms % size
 
 
-def build_partials(
-    events: Iterable[Event], findings: Iterable[Finding], window_s: int
-) -> list[WindowPartial]:
-    """One partial per (series, window) present in the batch."""
+def flagged_detectors(findings: Iterable[Finding]) -> dict[str, set[str]]:
+    """Request id → the detectors that flagged it."""
     flagged: dict[str, set[str]] = {}
     for finding in findings:
         if finding.flagged:
             flagged.setdefault(finding.request_id, set()).add(finding.detector)
+    return flagged
+
+
+def empty_partial(event: Event, start_ms: int, window_s: int) -> WindowPartial:
+    return WindowPartial(
+        model=event.model,
+        model_version=event.model_version,
+        deployment=event.deployment,
+        window_start_ms=start_ms,
+        window_s=window_s,
+    )
+
+
+def build_partials(
+    events: Iterable[Event], findings: Iterable[Finding], window_s: int
+) -> list[WindowPartial]:
+    """One partial per (series, window) present in the batch."""
+    flagged = flagged_detectors(findings)
     states: dict[tuple[str, str, str, int], tuple[WindowPartial, DDSketch]] = {}
     for event in events:
         start = window_start(event.timestamp_ms, window_s)
         key = (event.model, event.model_version, event.deployment, start)
         entry = states.get(key)
         if entry is None:
-            partial = WindowPartial(
-                model=event.model,
-                model_version=event.model_version,
-                deployment=event.deployment,
-                window_start_ms=start,
-                window_s=window_s,
-            )
-            entry = (partial, DDSketch(RELATIVE_ACCURACY))
+            entry = (empty_partial(event, start, window_s), DDSketch(RELATIVE_ACCURACY))
             states[key] = entry
         partial, sketch = entry
         partial.events += 1
@@ -212,24 +221,14 @@ def finding_partials(
     flags to the same windows without adding to ``events``. ``groups`` maps request id to
     (group, counts).
     """
-    flagged: dict[str, set[str]] = {}
-    for finding in findings:
-        if finding.flagged:
-            flagged.setdefault(finding.request_id, set()).add(finding.detector)
+    flagged = flagged_detectors(findings)
     partials: dict[tuple[str, str, str, int], WindowPartial] = {}
     for event in events:
         start = window_start(event.timestamp_ms, window_s)
         key = (event.model, event.model_version, event.deployment, start)
         partial = partials.get(key)
         if partial is None:
-            partial = WindowPartial(
-                model=event.model,
-                model_version=event.model_version,
-                deployment=event.deployment,
-                window_start_ms=start,
-                window_s=window_s,
-            )
-            partials[key] = partial
+            partial = partials[key] = empty_partial(event, start, window_s)
         for detector in flagged.get(event.request_id, ()):
             partial.flags[detector] = partial.flags.get(detector, 0) + 1
         if groups and event.request_id in groups:
