@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,10 @@ def export(model: Any, path: Path, *, quantize: bool) -> Path:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     sample = model.tokenizer(["a sample sentence"], return_tensors="pt")
     fp32 = tmp.with_suffix(".fp32.tmp") if quantize else tmp
-    with torch.inference_mode():
+    # The tracer warns about two shape checks it freezes (padding length, causal flag); for an
+    # encoder both are constant, and the vectors are tested equal across lengths.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             Hidden(model[0].auto_model.float().eval()).eval(),
             tuple(sample[name] for name in INPUTS),
