@@ -46,11 +46,13 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) tools
 	$(BIN)/python -m bench.pii
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.embedding --n 1000 --repeats 2
+	$(BIN)/python -m bench.onnx_cpu --n 1000
 	$(BIN)/python -m bench.drift
+	$(BIN)/llm-monitor bench reaction --json
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache
