@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None, help="micro-batch cap")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--processes", type=int, default=None, help="tokenizer processes")
     args = parser.parse_args()
 
     corpus = json.loads(args.texts.read_text()) if args.texts else eval_texts()
@@ -82,6 +83,7 @@ def main() -> None:
         forward_batch=args.batch,
         max_batch=args.max_batch,
         cache_size=0,
+        tokenizer_processes=args.processes,
     ).start()
     batch = service.forward_batch
     model = service._model  # the very same object on both sides

@@ -78,6 +78,8 @@ class EmbeddingService:
     MAX_WAIT_S: ClassVar[float] = 0.005
     CACHE_SIZE: ClassVar[int] = 50_000
     MAX_SEQ_LENGTH: ClassVar[int] = 256
+    # Tokenizer processes feeding a GPU (0 = threads): see fast_encode.py.
+    TOKENIZER_PROCESSES: ClassVar[dict[str, int]] = {"cpu": 0, "cuda": 0}
 
     def __init__(
         self,
@@ -92,6 +94,7 @@ class EmbeddingService:
         fast: bool = True,
         backend: str = "torch",
         onnx_cache_dir: Path | None = None,
+        tokenizer_processes: int | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.device = device
@@ -105,6 +108,7 @@ class EmbeddingService:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        self.tokenizer_processes = tokenizer_processes
         self.onnx_cache_dir = onnx_cache_dir or DEFAULT_ONNX_CACHE
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
@@ -150,7 +154,10 @@ class EmbeddingService:
         if not self._max_batch_given:
             self.max_batch = self.MAX_BATCH[kind]
         self._model = model
-        self._fast = FastEncoder.from_model(model) if self.fast else None
+        processes = self.tokenizer_processes
+        if processes is None:
+            processes = self.TOKENIZER_PROCESSES[kind]
+        self._fast = FastEncoder.from_model(model, processes=processes) if self.fast else None
         if kind == "cpu" and self.backend != "torch":
             from detectors.onnx_encode import OnnxEncoder
 

@@ -102,7 +102,7 @@ class OnnxEncoder(FastEncoder):
             export(model, path, quantize=quantize)
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
-        encoder = cls(model, base.tokenizer, base.input_names, base.pool._max_workers)
+        encoder = cls(model, base.tokenizer, base.input_names, min(4, os.cpu_count() or 1))
         base.close()
         encoder.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]

@@ -147,6 +147,9 @@ class EmbeddingSettings(BaseModel):
     onnx_cache_dir: Path | None = Field(
         default=None, description="exported ONNX models; unset: ~/.cache/llm-monitor/onnx"
     )
+    tokenizer_processes: int | None = Field(
+        default=None, ge=0, le=64, description="tokenizer processes feeding the model; 0 threads"
+    )
 
     _model_dir = field_validator("model_path")(_existing_dir)
 

@@ -45,6 +45,7 @@ def build_embeddings(settings: DetectorsSettings) -> EmbeddingService:
         cache_size=cfg.cache_size,
         backend=cfg.backend,
         onnx_cache_dir=cfg.onnx_cache_dir,
+        tokenizer_processes=cfg.tokenizer_processes,
     )
 
 

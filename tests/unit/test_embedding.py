@@ -116,3 +116,12 @@ def test_onnx_backend_gives_the_torch_vectors(
     assert again.active_backend == "OnnxEncoder" and len(list(tmp_path.iterdir())) == 1
     onnx.close()
     again.close()
+
+
+def test_tokenizer_processes_give_the_same_vectors(cpu_embeddings: EmbeddingService) -> None:
+    texts = [f"sentence number {i} about shipping and refunds" for i in range(70)]
+    service = EmbeddingService(device="cpu", cache_size=0, tokenizer_processes=2).start()
+    try:
+        np.testing.assert_allclose(service.encode(texts), cpu_embeddings.encode(texts), atol=1e-6)
+    finally:
+        service.close()
