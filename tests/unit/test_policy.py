@@ -93,12 +93,20 @@ def test_error_storm_fires_once_with_evidence() -> None:
     assert e.observe(window(0, 220, 45)).actions == []  # still firing: no second action
 
 
-def test_below_minimum_samples_is_inconclusive_not_healthy() -> None:
+def test_below_minimum_samples_every_trigger_is_inconclusive_not_healthy() -> None:
     e = engine()
-    out = e.observe(window(0, 20, 20))  # 100 % errors, but only 20 events
-    assert outcomes(out.decisions, "rollback.error_rate") == ["inconclusive"]
-    assert outcomes(out.decisions, "kill.cascade_failure") == ["inconclusive"]
+    e.observe(window(0, 20, 0, deployment="stable", version="v1"))
+    slow = [20_000.0] * 20
+    flags = {"toxicity": 20, "hallucination": 20, "injection": 20, "pii": 0}
+    out = e.observe(window(0, 20, 20, flags=flags, latencies=slow))  # all bad, 20 events
+    verdicts = {d.rule: d.outcome for d in out.decisions}
     assert out.actions == []
+    assert verdicts.pop("kill.data_breach") == "healthy"  # its minimum is 1: a leak is a leak
+    assert set(verdicts.values()) == {"inconclusive"}
+    assert {"rollback.error_rate", "rollback.safety_incidents", "rollback.p99_latency",
+            "rollback.toxicity_rate", "rollback.hallucination_rate", "rollback.injection_rate",
+            "rollback.complaint_rate", "rollback.canary_vs_stable.error_rate",
+            "kill.cascade_failure", "kill.safety_critical"} <= set(verdicts)  # fmt: skip
 
 
 def test_each_trigger_fires_when_it_should() -> None:
