@@ -314,7 +314,7 @@ def _add_aggregate_role(
     last_sweep = [0.0]
 
     async def publish(stats: WindowStats) -> list[Any]:
-        _observe_window(metrics, stats)
+        _observe_window(metrics, stats, drift=rate_drift is not None)
         metrics.windows_emitted.labels("true" if stats.is_final else "false").inc()
         sends = [await windows_out.send(key=stats_key(stats), value=_msgpack.encode(stats))]
         drift = rate_drift.update(stats) if rate_drift is not None else []
@@ -396,9 +396,12 @@ def stats_key(stats: WindowStats) -> bytes:
     return stats.model.encode()
 
 
-def _observe_window(metrics: Metrics, stats: WindowStats) -> None:
+def _observe_window(metrics: Metrics, stats: WindowStats, *, drift: bool = False) -> None:
     series = metrics.series(stats.model, stats.model_version, stats.deployment)
     metrics.window_events.labels(*series).set(stats.events)
+    if drift:  # zero-valued series from the start, so increase() sees the first detection
+        for signal in ("embedding", "rate:error_rate"):
+            metrics.drift_signals.labels(*series, signal)
     metrics.window_error_rate.labels(*series).set(stats.error_rate)
     metrics.window_complaint_rate.labels(*series).set(stats.complaint_rate)
     for quantile, value in (

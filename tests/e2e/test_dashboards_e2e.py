@@ -84,6 +84,9 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
     workers.env_overrides.update({
         **SEMANTIC, "LLM_MONITOR_PIPELINE__WINDOW_S": "60",
         "LLM_MONITOR_DETECTORS__DRIFT__REFERENCE_EVENTS": "50",
+        # This test proves queries, not detection: a loose alpha makes sure drift rows exist.
+        "LLM_MONITOR_DETECTORS__DRIFT__ALPHA": "0.3",
+        "LLM_MONITOR_DETECTORS__DRIFT__MIN_WINDOW_EVENTS": "10",
         "LLM_MONITOR_POLICY__FILE": str(policy), "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
     })  # fmt: skip
     records = list(generate_events(6000, seed=12, bad_fraction=0.01))
@@ -103,8 +106,9 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
         queries = [q for name, board in build_all().items() for q in panel_queries(name, board)]
         prom_queries = [q for q in queries if q.kind == "promql"]
         assert len(prom_queries) >= 30
+        # A counter needs two scrapes before increase() answers: poll each query a while.
         empty = [f"{q.dashboard} / {q.panel}: {q.text}" for q in prom_queries
-                 if not promql(prometheus, expand_promql(q.text))]  # fmt: skip
+                 if not eventually(prometheus, expand_promql(q.text), 30)]  # fmt: skip
         assert empty == [], "dashboard queries without series:\n" + "\n".join(empty)
 
         rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
@@ -138,6 +142,15 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
     assert len(runbook) >= 8
     for sql in runbook:  # the runbook's first checks run (some are empty on healthy data)
         client.query(sql.replace("'M'", "'support-bot'"))
+
+
+def eventually(prometheus: str, expr: str, timeout_s: float) -> list[object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = promql(prometheus, expr)
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(1.0)
 
 
 def wait_for_series(prometheus: str, metric: str, timeout_s: float) -> None:
