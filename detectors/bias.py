@@ -112,22 +112,10 @@ class GroupStats:
         if len(samples) < 2:
             return None
         means = {g: float(s.mean()) for g, s in samples.items()}
-        highest, lowest = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
         rng = np.random.default_rng(seed)
-        high_s, low_s = samples[highest], samples[lowest]
-        boot = rng.choice(high_s, size=(resamples, len(high_s))).mean(axis=1) - rng.choice(
-            low_s, size=(resamples, len(low_s))
-        ).mean(axis=1)
-        tail = (1.0 - confidence) / 2
-        return Disparity(
-            metric=metric,
-            highest=highest,
-            lowest=lowest,
-            value=means[highest] - means[lowest],
-            low=float(np.quantile(boot, tail)),
-            high=float(np.quantile(boot, 1.0 - tail)),
-            confidence=confidence,
-        )
+        draws = {g: rng.choice(samples[g], size=(resamples, len(samples[g]))).mean(axis=1)
+                 for g in extremes(means)}  # fmt: skip
+        return _disparity(metric, means, draws, confidence)
 
 
 # A group's counts in one window, summed element-wise when partials merge.
@@ -163,7 +151,6 @@ def group_disparities(
     standard error. Metrics with fewer than two groups of ``min_per_group`` are left out.
     """
     rng = np.random.default_rng(seed)
-    tail = (1.0 - confidence) / 2
     out = []
     for metric in METRICS:
         draws: dict[str, npt.NDArray[np.float64]] = {}
@@ -183,20 +170,36 @@ def group_disparities(
                 draws[group] = rng.binomial(int(total), hits / total, resamples) / total
         if len(means) < 2:
             continue
-        highest, lowest = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
-        boot = draws[highest] - draws[lowest]
-        out.append(
-            Disparity(
-                metric=metric,
-                highest=highest,
-                lowest=lowest,
-                value=means[highest] - means[lowest],
-                low=float(np.quantile(boot, tail)),
-                high=float(np.quantile(boot, 1.0 - tail)),
-                confidence=confidence,
-            )
-        )
+        out.append(_disparity(metric, means, draws, confidence))
     return out
+
+
+def extremes(means: dict[str, float]) -> tuple[str, str]:
+    """The highest and the lowest group: two different groups even when means tie."""
+    order = sorted(means, key=means.__getitem__)
+    return order[-1], order[0]
+
+
+def _disparity(
+    metric: str,
+    means: dict[str, float],
+    draws: dict[str, npt.NDArray[np.float64]],
+    confidence: float,
+) -> Disparity:
+    """Highest minus lowest group mean, with the percentile interval of that difference over
+    the bootstrap draws of those two groups."""
+    highest, lowest = extremes(means)
+    boot = draws[highest] - draws[lowest]
+    tail = (1.0 - confidence) / 2
+    return Disparity(
+        metric=metric,
+        highest=highest,
+        lowest=lowest,
+        value=means[highest] - means[lowest],
+        low=float(np.quantile(boot, tail)),
+        high=float(np.quantile(boot, 1.0 - tail)),
+        confidence=confidence,
+    )
 
 
 def probe_prompts(path: Path = PROBES) -> list[dict[str, str]]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from detectors.bias import group_disparities
-from monitor.policy.config import Policy
+from monitor.policy.config import CountRule, Policy, RateRule
 from monitor.policy.records import ActionRequest, Decision, Incident, KillSwitchState
 from monitor.policy.stats import Bound, quantile_bounds, rate_difference, wilson
 from monitor.windows import WindowStats, add_group_counts, decode_sketch
@@ -339,105 +339,64 @@ class PolicyEngine:
         return out
 
     def _evaluate(self, series: Series, m: Merged) -> Iterator[Evaluation]:
-        p, c = self.policy, self.policy.confidence
+        """Rollback rules (canaries only) first, then kill conditions: a kill engaged by this
+        snapshot must not suppress the rollbacks the same evidence calls for."""
+        p = self.policy
         model, _, deployment = series
-
-        def samples(rule_min: int | None) -> int:
-            return rule_min or p.min_samples
-
+        r, k = p.rollback, p.kill_switch
         if deployment in p.canary_deployments:
-            r = p.rollback
-            if r.safety_incidents.enabled:
-                count = m.flagged(r.safety_incidents.detectors)
-                yield Evaluation(
-                    "rollback.safety_incidents",
-                    "rollback",
-                    Bound(count, count, count),
-                    r.safety_incidents.max_count,
-                    m.events,
-                    samples(r.safety_incidents.min_samples),
-                    count_rule=True,
-                )
-            for name, rule, hits in (
-                ("error_rate", r.error_rate, m.errors),
-                ("complaint_rate", r.complaint_rate, m.complaints),
-            ):
-                if rule.enabled:
-                    yield Evaluation(
-                        f"rollback.{name}",
-                        "rollback",
-                        wilson(hits, m.events, c),
-                        rule.threshold,
-                        m.events,
-                        samples(rule.min_samples),
-                    )
-            for detector, rule in r.detector_rates.items():
-                if rule.enabled:
-                    yield Evaluation(
-                        f"rollback.{detector}_rate",
-                        "rollback",
-                        wilson(m.flagged([detector]), m.events, c),
-                        rule.threshold,
-                        m.events,
-                        samples(rule.min_samples),
-                    )
-            if r.p99_latency.enabled and m.sketch_bytes:
-                sketch = decode_sketch(m.sketch_bytes[0])
-                for more in m.sketch_bytes[1:]:
-                    sketch.merge(decode_sketch(more))
-                bound = quantile_bounds(sketch, r.p99_latency.quantile, c)
-                if bound is not None:
-                    yield Evaluation(
-                        "rollback.p99_latency",
-                        "rollback",
-                        bound,
-                        r.p99_latency.threshold_ms,
-                        int(sketch.count),
-                        samples(r.p99_latency.min_samples),
-                    )
-            if r.bias_disparity.enabled and m.groups:
-                for d in group_disparities(m.groups, confidence=2 * c - 1):
-                    yield Evaluation(
-                        f"rollback.bias_disparity.{d.metric}",
-                        "rollback",
-                        Bound(d.value, d.low, d.high),
-                        r.bias_disparity.threshold,
-                        m.events,
-                        samples(r.bias_disparity.min_samples),
-                        detail=f"{d.highest} vs {d.lowest}",
-                    )
+            yield from self._counts(m, [("rollback.safety_incidents", r.safety_incidents)])
+            yield from self._rates(m, [
+                ("rollback.error_rate", r.error_rate, m.errors),
+                ("rollback.complaint_rate", r.complaint_rate, m.complaints),
+                *((f"rollback.{name}_rate", rule, m.flagged([name]))
+                  for name, rule in r.detector_rates.items()),
+            ])  # fmt: skip
+            yield from self._latency_and_bias(m)
             if r.canary_vs_stable.enabled:
                 yield from self._compare(model, m)
-        k = p.kill_switch
-        if k.safety_critical.enabled:
-            yield Evaluation(
-                "kill.safety_critical",
-                "kill",
-                wilson(m.flagged(k.safety_detectors), m.events, c),
-                k.safety_critical.threshold,
-                m.events,
-                samples(k.safety_critical.min_samples),
-            )
-        if k.cascade_failure.enabled:
-            yield Evaluation(
-                "kill.cascade_failure",
-                "kill",
-                wilson(m.errors, m.events, c),
-                k.cascade_failure.threshold,
-                m.events,
-                samples(k.cascade_failure.min_samples),
-            )
-        if k.data_breach.enabled:
-            count = m.flagged(k.data_breach.detectors)
-            yield Evaluation(
-                "kill.data_breach",
-                "kill",
-                Bound(count, count, count),
-                k.data_breach.max_count,
-                m.events,
-                samples(k.data_breach.min_samples),
-                count_rule=True,
-            )
+        yield from self._rates(m, [
+            ("kill.safety_critical", k.safety_critical, m.flagged(k.safety_detectors)),
+            ("kill.cascade_failure", k.cascade_failure, m.errors),
+        ])  # fmt: skip
+        yield from self._counts(m, [("kill.data_breach", k.data_breach)])
+
+    def _rates(self, m: Merged, rules: list[tuple[str, RateRule, int]]) -> Iterator[Evaluation]:
+        """Rate rules: the Wilson bounds of hits / events; the action is the name's prefix."""
+        for name, rule, hits in rules:
+            if rule.enabled:
+                yield Evaluation(
+                    name, name.split(".")[0], wilson(hits, m.events, self.policy.confidence),
+                    rule.threshold, m.events, rule.min_samples or self.policy.min_samples,
+                )  # fmt: skip
+
+    def _counts(self, m: Merged, rules: list[tuple[str, CountRule]]) -> Iterator[Evaluation]:
+        """Count rules: more than ``max_count`` flags of the rule's detectors."""
+        for name, rule in rules:
+            if rule.enabled:
+                n = m.flagged(rule.detectors)
+                yield Evaluation(
+                    name, name.split(".")[0], Bound(n, n, n), rule.max_count, m.events,
+                    rule.min_samples or self.policy.min_samples, count_rule=True,
+                )  # fmt: skip
+
+    def _latency_and_bias(self, m: Merged) -> Iterator[Evaluation]:
+        p, r, c = self.policy, self.policy.rollback, self.policy.confidence
+        if r.p99_latency.enabled and m.sketch_bytes:
+            sketch = decode_sketch(m.sketch_bytes[0])
+            for more in m.sketch_bytes[1:]:
+                sketch.merge(decode_sketch(more))
+            bound = quantile_bounds(sketch, r.p99_latency.quantile, c)
+            if bound is not None:
+                yield Evaluation("rollback.p99_latency", "rollback", bound,
+                                 r.p99_latency.threshold_ms, int(sketch.count),
+                                 r.p99_latency.min_samples or p.min_samples)  # fmt: skip
+        if r.bias_disparity.enabled and m.groups:
+            for d in group_disparities(m.groups, confidence=2 * c - 1):
+                yield Evaluation(f"rollback.bias_disparity.{d.metric}", "rollback",
+                                 Bound(d.value, d.low, d.high), r.bias_disparity.threshold,
+                                 m.events, r.bias_disparity.min_samples or p.min_samples,
+                                 detail=f"{d.highest} vs {d.lowest}")  # fmt: skip
 
     def _compare(self, model: str, canary: Merged) -> Iterator[Evaluation]:
         """Canary minus the busiest stable series of the same model, per configured rate."""
