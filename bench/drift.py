@@ -21,7 +21,9 @@ import sys
 import numpy as np
 
 from detectors.drift import RateDrift, mean_shift_test
-from detectors.eval_sets import SHARED as EVAL
+from detectors.evaluation.data import eval_dir
+
+EVAL = eval_dir()  # LLM_MONITOR_EVAL_DIR, else shared/eval beside the repo
 
 CHANGE_AT, WINDOWS = 100, 200
 

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from detectors.embedding import EmbeddingService
-from detectors.eval_sets import SHARED as EVAL
+from detectors.evaluation.data import eval_dir
+
+EVAL = eval_dir()  # LLM_MONITOR_EVAL_DIR, else shared/eval beside the repo
 
 
 def eval_texts() -> list[str]:

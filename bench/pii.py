@@ -13,15 +13,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from detectors.pii import PiiScanner
-from monitor.evaluation import PiiEvaluation, TypeCounts, _iou, evaluate_pii, presidio_synth_rows
-
-DATASET = (
-    Path(__file__).resolve().parents[1].parent / "shared/eval/pii/presidio_synth_dataset_v2.json"
+from detectors.evaluation.data import eval_dir
+from detectors.evaluation.pii import (
+    PiiEvaluation,
+    TypeCounts,
+    _iou,
+    evaluate_pii,
+    presidio_synth_rows,
 )
+from detectors.pii import PiiScanner
+
+DATASET = eval_dir() / "pii" / "presidio_synth_dataset_v2.json"
 TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS")
 
 
@@ -114,7 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per side")
     args = parser.parse_args()
     if not DATASET.is_file():
-        print(f"skipped: {DATASET} not found (the shared eval folder is not beside the repo)")
+        print(f"skipped: {DATASET} not found (set LLM_MONITOR_EVAL_DIR to the labelled data root)")
         return
     records = json.loads(DATASET.read_text())
     evaluate_pii(presidio_synth_rows(records[:50]))  # warm-up

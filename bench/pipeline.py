@@ -25,10 +25,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from monitor.broker import ensure_topics, free_port, pipeline_topics, start_broker
+from monitor.client import produce
 from monitor.config import KafkaSettings
-from monitor.demo import metric_sum, produce, scrape, start_worker, stop_worker
-from monitor.generate import generate_events
+from monitor.devtools.broker import free_port, start_broker
+from monitor.devtools.generate import generate_events
+from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
+from streams.topics import ensure_topics, pipeline_topics
 
 TOPIC = "llm.events"
 

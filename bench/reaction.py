@@ -37,13 +37,14 @@ import numpy as np
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from monitor.broker import ensure_topics, free_port, pipeline_topics, start_broker
 from monitor.config import KafkaSettings
-from monitor.demo import start_worker, stop_worker
+from monitor.devtools.broker import free_port, start_broker
+from monitor.devtools.worker import start_worker, stop_worker
 from monitor.policy.config import Policy
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.policy.stats import wilson
+from streams.topics import ensure_topics, pipeline_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy/prometheus/rules/llm-monitor.rules.yml"

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 
 class Span(msgspec.Struct, frozen=True, array_like=True):

@@ -35,7 +35,7 @@ import numpy as np
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService
 from detectors.local_models import NliScorer
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)

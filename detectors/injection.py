@@ -26,7 +26,7 @@ import numpy.typing as npt
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import sentences
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 PATTERNS: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
     (name, weight, re.compile(regex, re.IGNORECASE | re.DOTALL))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from detectors.base import Finding
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 
 class LatencyErrorsDetector:

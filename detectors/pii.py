@@ -21,7 +21,7 @@ from stdnum import luhn
 from stdnum.us import ssn as stdnum_ssn
 
 from detectors.base import Finding, Span
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 
 class PiiType(StrEnum):

@@ -1,7 +1,7 @@
 """Toxicity: a logistic-regression head on sentence embeddings, scoring each response.
 
 The head (384 weights, a bias and a decision threshold) ships in the package as
-``detectors/assets/toxicity_head.json``; ``python -m detectors.train_toxicity`` reproduces it
+``detectors/assets/toxicity_head.json``; ``python -m detectors.training.toxicity`` reproduces it
 from ../shared/eval/toxicity (Davidson et al. 2017, MIT), balanced, with a fixed seed. Scoring
 is one matrix-vector product per batch on top of the shared embedding service, so the cost is
 the embedding. The prompt is scored too and reported in the details (a toxic answer to a toxic
@@ -24,7 +24,7 @@ import numpy.typing as npt
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService, Vectors
 from detectors.local_models import SequenceClassifier
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 DEFAULT_HEAD = Path(__file__).parent / "assets" / "toxicity_head.json"
 
@@ -44,7 +44,7 @@ class ToxicityHead:
             raise ValueError(
                 f"toxicity head expects {self.weights.shape[0]}-d embeddings from "
                 f"{self.embedding_model}, got {vectors.shape[1]}-d: retrain it for this model "
-                "(python -m detectors.train_toxicity --model DIR)"
+                "(python -m detectors.training.toxicity --model DIR)"
             )
         logits = vectors.astype(np.float64) @ self.weights + self.bias
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)

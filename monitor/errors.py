@@ -24,7 +24,3 @@ class StorageError(MonitorError):
 
 class BrokerError(MonitorError):
     """The Kafka broker could not be started or reached."""
-
-
-class ActionError(MonitorError):
-    """A webhook or kill-switch action failed."""

@@ -88,7 +88,7 @@ API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
 def initialise(metrics: Metrics) -> None:
     """Export zeros for every known label value, so alert rules and dashboards see the series
     (and rates start) before the first error, refusal or dead letter happens."""
-    from monitor.events import REASONS
+    from monitor.ingest.events import REASONS
 
     for reason in REASONS:
         metrics.dead_letters.labels(reason)

@@ -22,20 +22,20 @@ from aiokafka.partitioner import murmur2
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
-from detectors.base import DetectorRegistry
 from detectors.drift import DRIFT_DETECTOR
-from detectors.latency_errors import LatencyErrorsDetector
-from detectors.pii import PiiDetector, PiiScanner
-from monitor.aggregate import WindowAggregator
 from monitor.config import ROLES, Settings
 from monitor.errors import ConfigError, SchemaError
-from monitor.events import Event, decode_event
+from monitor.ingest.decode import RawMessage
+from monitor.ingest.events import Event, decode_event
 from monitor.metrics import Metrics, create_metrics
-from monitor.pipeline import FindingRow, Pipeline, PipelineResult, RawMessage, ScoredBatch
-from monitor.rate_drift import WindowRateDrift
-from monitor.semantic import SemanticResult, SemanticScorer, build_embeddings
-from monitor.sink import KIND_DEAD_LETTERS, KIND_POLICY, KIND_SCORED, KIND_WINDOWS, Sink
-from monitor.windows import WindowPartial, WindowStats
+from monitor.scoring.pipeline import Pipeline, PipelineResult
+from monitor.scoring.registry import build_embeddings, build_registry
+from monitor.scoring.rows import FindingRow, ScoredBatch
+from monitor.scoring.semantic import SemanticResult, SemanticScorer
+from monitor.storage.sink import KIND_DEAD_LETTERS, KIND_POLICY, KIND_SCORED, KIND_WINDOWS, Sink
+from monitor.windows.aggregate import WindowAggregator
+from monitor.windows.drift import WindowRateDrift
+from monitor.windows.stats import WindowPartial, WindowStats
 from streams.policy import add_policy_role
 from streams.tuning import seek_before_resume, set_fetch_max_wait
 
@@ -50,17 +50,6 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 _partial = msgspec.msgpack.Decoder(WindowPartial)
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
-
-
-def build_registry(settings: Settings) -> DetectorRegistry:
-    """The detectors enabled in config, tuned from config."""
-    cfg = settings.detectors
-    registry = DetectorRegistry()
-    if cfg.pii.enabled:
-        registry.register(PiiDetector(PiiScanner(cfg.pii.types)))
-    if cfg.latency_errors.enabled:
-        registry.register(LatencyErrorsDetector(slow_ms=cfg.latency_errors.slow_ms))
-    return registry
 
 
 def app_id_for(settings: Settings) -> str:

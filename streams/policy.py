@@ -31,7 +31,7 @@ from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
 from monitor.policy.records import ActionAttempt, ActionRequest, AuditEntry, PolicyRecords
-from monitor.windows import WindowStats
+from monitor.windows.stats import WindowStats
 
 log = logging.getLogger(__name__)
 

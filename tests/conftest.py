@@ -17,10 +17,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from detectors.embedding import EmbeddingService
-from monitor.broker import BundledBroker, ensure_topics, free_port, pipeline_topics, start_broker
 from monitor.config import KafkaSettings
-from monitor.demo import metric_sum, scrape, start_worker, stop_worker
-from monitor.events import Event, decode_event
+from monitor.devtools.broker import BundledBroker, free_port, start_broker
+from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
+from monitor.ingest.events import Event, decode_event
+from streams.topics import ensure_topics, pipeline_topics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -34,7 +34,7 @@ from detectors.bias import group_disparities
 from monitor.policy.config import CountRule, Policy, RateRule
 from monitor.policy.records import ActionRequest, Decision, Incident, KillSwitchState
 from monitor.policy.stats import Bound, quantile_bounds, rate_difference, wilson
-from monitor.windows import WindowStats, add_group_counts, decode_sketch
+from monitor.windows.stats import WindowStats, add_group_counts, decode_sketch
 
 Series = tuple[str, str, str]
 KEPT_WINDOWS = 30  # per series: late snapshots of windows this recent are still judged

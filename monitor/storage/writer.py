@@ -13,9 +13,10 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from detectors.pii import PiiScanner
-from monitor.pipeline import DeadLetter, EventRow, FindingRow, redact_raw
+from monitor.ingest.dlq import DeadLetter, redact_raw
 from monitor.policy.records import Incident, PolicyRecords
-from monitor.windows import WindowStats
+from monitor.scoring.rows import EventRow, FindingRow
+from monitor.windows.stats import WindowStats
 
 EVENT_COLUMNS = (
     "request_id", "event_time", "produced_at", "model", "model_version", "deployment", "route",

@@ -19,9 +19,9 @@ import yaml
 
 from dashboards.build import build_all
 from dashboards.queries import expand_clickhouse, expand_promql, panel_queries
-from monitor.broker import free_port
-from monitor.demo import produce
-from monitor.generate import generate_events
+from monitor.client import produce
+from monitor.devtools.broker import free_port
+from monitor.devtools.generate import generate_events
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.storage.client import connect

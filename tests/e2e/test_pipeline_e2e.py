@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from monitor.demo import produce
+from monitor.client import produce
+from monitor.devtools.generate import generate_events
 from monitor.errors import SchemaError
-from monitor.events import decode_event
-from monitor.generate import generate_events
+from monitor.ingest.events import decode_event
 from tests.conftest import WorkerHarness
 
 pytestmark = pytest.mark.e2e

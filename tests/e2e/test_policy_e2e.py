@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from monitor.demo import produce
-from monitor.generate import generate_events
+from monitor.client import produce
+from monitor.devtools.generate import generate_events
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from tests.conftest import WorkerHarness

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from monitor.demo import produce
-from monitor.generate import generate_events
+from monitor.client import produce
+from monitor.devtools.generate import generate_events
 from tests.conftest import WorkerHarness
 from tests.e2e.test_pipeline_e2e import query, scalar, split, stored
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from monitor.broker import free_port
+from monitor.devtools.broker import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

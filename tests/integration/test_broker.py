@@ -7,8 +7,9 @@ import asyncio
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from monitor.broker import BundledBroker, ensure_topics
+from monitor.devtools.broker import BundledBroker
 from monitor.errors import BrokerError
+from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.kubernetes import render as render_kubernetes
+from monitor.devtools.kubernetes import render as render_kubernetes
 from monitor.storage.client import connect
 from monitor.storage.cluster import render as render_cluster
 

@@ -16,9 +16,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from detectors.bias import probe_prompts
-from monitor.broker import BundledBroker, ensure_topics, pipeline_topics
 from monitor.config import KafkaSettings
-from monitor.events import decode_event
+from monitor.devtools.broker import BundledBroker
+from monitor.ingest.events import decode_event
+from streams.topics import ensure_topics, pipeline_topics
 
 pytestmark = pytest.mark.integration
 

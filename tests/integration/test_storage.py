@@ -11,11 +11,12 @@ from detectors.base import DetectorRegistry
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.pii import PiiDetector
 from monitor.config import StorageSettings
-from monitor.pipeline import Pipeline, RawMessage
+from monitor.ingest.decode import RawMessage
+from monitor.scoring.pipeline import Pipeline
 from monitor.storage.client import connect, redact_dsn
 from monitor.storage.migrate import migrate
 from monitor.storage.writer import ClickHouseWriter
-from monitor.windows import finalise
+from monitor.windows.stats import finalise
 
 pytestmark = pytest.mark.integration
 

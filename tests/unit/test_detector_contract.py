@@ -10,8 +10,8 @@ from detectors.base import Detector, DetectorRegistry, DuplicateDetectorError
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.pii import PiiDetector
 from monitor.config import Settings
-from monitor.events import decode_event
-from streams.app import build_registry
+from monitor.ingest.events import decode_event
+from monitor.scoring.registry import build_registry
 
 EVENTS = [
     decode_event(json.dumps(body).encode())

@@ -1,10 +1,19 @@
-"""The counterfactual pair loaders read ../shared/eval/bias as documented."""
+"""The counterfactual pair loaders read the bias datasets as documented."""
 
 from __future__ import annotations
 
 import pytest
 
-from detectors.eval_bias import BIAS, FEMALE, MALE, crows_pairs, winobias_pairs, winogender_pairs
+from detectors.evaluation.bias import (
+    FEMALE,
+    MALE,
+    bias_dir,
+    crows_pairs,
+    winobias_pairs,
+    winogender_pairs,
+)
+
+BIAS = bias_dir()
 
 pytestmark = pytest.mark.skipif(not BIAS.is_dir(), reason=f"{BIAS} absent")
 

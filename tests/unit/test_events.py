@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.errors import SchemaError
-from monitor.events import Event, decode_event, encode_event, json_schema
+from monitor.ingest.events import Event, decode_event, encode_event, json_schema
 
 BASE: dict[str, Any] = {
     "request_id": "req-1",
@@ -83,7 +83,7 @@ def test_oversized_event_is_rejected_before_parsing() -> None:
 def test_json_schema_ships_and_allows_unknown_fields() -> None:
     from importlib import resources
 
-    shipped = json.loads(resources.files("monitor").joinpath("schema/event.json").read_text())
+    shipped = json.loads(resources.files("monitor.ingest").joinpath("schema/event.json").read_text())
     assert shipped == json_schema()
     event = shipped["$defs"]["Event"]
     assert event["additionalProperties"] is True

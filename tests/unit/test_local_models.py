@@ -17,7 +17,7 @@ from detectors.local_models import NliScorer, SequenceClassifier
 from detectors.toxicity import ToxicityDetector
 from monitor.config import load_settings
 from monitor.errors import ConfigError
-from monitor.semantic import build_semantic_detectors
+from monitor.scoring.registry import build_semantic_detectors
 
 
 def tiny_model(path: Path, labels: dict[int, str]) -> Path:

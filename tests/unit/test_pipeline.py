@@ -7,7 +7,8 @@ import json
 from detectors.base import DetectorRegistry
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.pii import PiiDetector, PiiScanner
-from monitor.pipeline import Pipeline, RawMessage
+from monitor.ingest.decode import RawMessage
+from monitor.scoring.pipeline import Pipeline
 
 
 def message(offset: int, value: bytes) -> RawMessage:

@@ -12,7 +12,7 @@ from monitor.errors import ConfigError
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.engine import PolicyEngine
 from monitor.policy.stats import quantile_bounds, rate_difference, wilson
-from monitor.windows import WindowStats, encode_sketch
+from monitor.windows.stats import WindowStats, encode_sketch
 
 T0 = 1_795_514_400_000
 

@@ -6,11 +6,11 @@ import random
 
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService
-from monitor.aggregate import WindowAggregator
 from monitor.config import DetectorsSettings, DriftSettings
-from monitor.rate_drift import WindowRateDrift
-from monitor.semantic import EmbeddingDrift, SemanticScorer
-from monitor.windows import WindowStats, build_partials, finding_partials
+from monitor.scoring.semantic import SemanticScorer
+from monitor.windows.aggregate import WindowAggregator
+from monitor.windows.drift import EmbeddingDrift, WindowRateDrift
+from monitor.windows.stats import WindowStats, build_partials, finding_partials
 from tests.conftest import decoded_event
 
 T0 = 1_795_514_400_000

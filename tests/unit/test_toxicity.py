@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from detectors.embedding import EmbeddingService
+from detectors.evaluation.binary import binary_report, load_samples
 from detectors.toxicity import ToxicityDetector, ToxicityHead
-from monitor.evaluation_binary import binary_report, load_samples
 from tests.conftest import decoded_event
 
 TOXIC = [

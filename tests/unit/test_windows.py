@@ -6,9 +6,9 @@ import json
 import random
 
 from detectors.base import Finding
-from monitor.aggregate import WindowAggregator
-from monitor.events import Event, decode_event
-from monitor.windows import WindowPartial, build_partials, finalise, window_start
+from monitor.ingest.events import Event, decode_event
+from monitor.windows.aggregate import WindowAggregator
+from monitor.windows.stats import WindowPartial, build_partials, finalise, window_start
 
 T0 = 1_795_514_400_000  # a minute boundary
 

@@ -1,4 +1,4 @@
-"""Write the hallucination evaluation files from ../shared/eval: ``python -m detectors.eval_sets``.
+"""Write the evaluation files from the labelled data: ``python -m detectors.evaluation.sets``.
 
 - ``halueval_calibration.jsonl`` / ``halueval_dev.jsonl``: HaluEval QA (RUCAIBox/HaluEval,
   MIT) rows 0-249 / 250-499. Each row gives two lines with the knowledge passage as
@@ -22,10 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# ../shared/eval beside the repository: labelled external data, read in place, never copied.
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
-EVAL = SHARED / "hallucination"
-INJECTION = SHARED / "prompt_injection"
+from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 
 
 def halueval_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,27 +49,28 @@ def truthfulqa_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def injection_sets() -> dict[str, list[dict[str, Any]]]:
+def injection_sets(injection: Path) -> dict[str, list[dict[str, Any]]]:
+    """Direct, NotInject-only and indirect sets from the ``prompt_injection`` folder."""
     benign = [
         {"text": row["prompt"], "label": 0}
         for part in ("one", "two", "three")
-        for row in json.loads((INJECTION / f"notinject_{part}.json").read_text())
+        for row in json.loads((injection / f"notinject_{part}.json").read_text())
     ]
     attacks = [
         {"text": row["prompt"], "label": 1}
-        for path in sorted(INJECTION.glob("jbb_artifacts_*.json"))
+        for path in sorted(injection.glob("jbb_artifacts_*.json"))
         for row in json.loads(path.read_text())["jailbreaks"]
         if row.get("prompt")
     ]
     payloads = [
         attack
         for name in ("bipia_text_attack_test.json", "bipia_code_attack_test.json")
-        for group in json.loads((INJECTION / name).read_text()).values()
+        for group in json.loads((injection / name).read_text()).values()
         for attack in group
     ]
     contexts = [
         json.loads(line)["context"]
-        for line in (INJECTION / "bipia_email_contexts_test.jsonl").read_text().splitlines()
+        for line in (injection / "bipia_email_contexts_test.jsonl").read_text().splitlines()
         if line.strip()
     ]
     indirect: list[dict[str, Any]] = []
@@ -96,15 +94,20 @@ def write(path: Path, lines: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/eval"))
+    add_eval_dir_argument(parser)
     args = parser.parse_args()
-    halu = EVAL / "halueval_qa_one-turn_data.jsonl"
+    root = eval_dir(args.eval_dir)
+    halu = root / "hallucination" / "halueval_qa_one-turn_data.jsonl"
     if not halu.is_file():
-        raise SystemExit(f"{halu} not found: put ../shared/eval beside the repo")
+        raise SystemExit(f"{halu} not found: pass --eval-dir or put shared/eval beside the repo")
     rows = [json.loads(line) for line in halu.read_text().splitlines() if line.strip()]
     write(args.out / "halueval_calibration.jsonl", halueval_lines(rows[:250]))
     write(args.out / "halueval_dev.jsonl", halueval_lines(rows[250:500]))
-    write(args.out / "truthfulqa_samples.jsonl", truthfulqa_lines(EVAL / "TruthfulQA.csv"))
-    for name, lines in injection_sets().items():
+    write(
+        args.out / "truthfulqa_samples.jsonl",
+        truthfulqa_lines(root / "hallucination" / "TruthfulQA.csv"),
+    )
+    for name, lines in injection_sets(root / "prompt_injection").items():
         write(args.out / name, lines)
 
 

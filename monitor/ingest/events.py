@@ -190,7 +190,7 @@ def encode_event(event: Event) -> bytes:
 
 
 def json_schema() -> dict[str, object]:
-    """The JSON Schema of the event contract (also shipped as monitor/schema/event.json)."""
+    """The JSON Schema of the event contract (also shipped as monitor/ingest/schema/event.json)."""
     schema = msgspec.json.schema(Event)
     defs = schema["$defs"]
     event_def = defs["Event"]

@@ -1,9 +1,9 @@
 """The pure heart of a scorer: a batch of raw Kafka messages in, everything downstream out.
 
-No I/O here. ``Pipeline.process`` decodes and validates each message (bad ones become
-``DeadLetter`` records with their raw bytes and reason), runs every registered detector over
-the valid events in one batch, redacts PII from text before it can be persisted, and builds
-mergeable window partials. The streams layer moves the result between Kafka topics.
+No I/O here. ``Pipeline.process`` decodes and validates each message (monitor/ingest: bad ones
+become ``DeadLetter`` records with their raw bytes and reason), runs every registered detector
+over the valid events in one batch, redacts PII from text before it can be persisted, and
+builds mergeable window partials. The streams layer moves the result between Kafka topics.
 """
 
 from __future__ import annotations
@@ -12,97 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
-
 from detectors.base import DetectorRegistry, Finding, run_detectors
 from detectors.pii import PiiDetector, PiiMatch, PiiScanner, PiiType, redact
-from monitor.errors import SchemaError
-from monitor.events import Event, decode_event
-from monitor.windows import WindowPartial, build_partials
-
-
-class RawMessage(msgspec.Struct, frozen=True):
-    """A Kafka record as the pipeline sees it."""
-
-    value: bytes
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    """An event that failed validation: the original bytes, why, and where it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes
-    reason: str
-    error: str
-    kafka_timestamp_ms: int
-    received_at_ms: int
-
-
-class EventRow(msgspec.Struct, kw_only=True):
-    """An event as persisted: text columns already redacted unless redaction is off."""
-
-    request_id: str
-    event_time_ms: int
-    produced_at_ms: int
-    model: str
-    model_version: str
-    deployment: str
-    route: str
-    app: str
-    prompt: str
-    response: str
-    samples: list[str]
-    context: list[str]
-    latency_ms: float | None
-    ttft_ms: float | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cost_usd: float | None
-    status: str
-    error_type: str
-    attributes: dict[str, str]
-    complaint: bool
-    rating: float | None
-    extra: dict[str, str]
-    redacted: bool
-    pii_types: list[str]
-
-
-class FindingRow(msgspec.Struct, kw_only=True):
-    """A finding with the event's series and time, so findings can be queried on their own."""
-
-    finding: Finding
-    event_time_ms: int
-    model: str
-    model_version: str
-    deployment: str
-    route: str
-
-    @classmethod
-    def of(cls, finding: Finding, event: Event) -> FindingRow:
-        return cls(
-            finding=finding,
-            event_time_ms=event.timestamp_ms,
-            model=event.model,
-            model_version=event.model_version,
-            deployment=event.deployment,
-            route=event.route,
-        )
-
-
-class ScoredBatch(msgspec.Struct):
-    """What a scorer publishes for the sink: rows for `events` and `findings`."""
-
-    events: list[EventRow]
-    findings: list[FindingRow]
+from monitor.ingest.decode import RawMessage, decode_batch
+from monitor.ingest.dlq import DeadLetter
+from monitor.ingest.events import Event
+from monitor.scoring.rows import EventRow, FindingRow, ScoredBatch
+from monitor.windows.stats import WindowPartial, build_partials
 
 
 @dataclass
@@ -144,18 +60,8 @@ class Pipeline:
         )
 
     def process(self, messages: Sequence[RawMessage]) -> PipelineResult:
-        events: list[Event] = []
-        produced_at: dict[str, int] = {}
-        dead: list[DeadLetter] = []
-        for message in messages:
-            try:
-                event = decode_event(message.value, max_bytes=self.max_event_bytes)
-            except SchemaError as exc:
-                dead.append(self._dead_letter(message, exc.reason, exc.message))
-                continue
-            events.append(event)
-            produced_at[event.request_id] = message.timestamp_ms
-
+        decoded = decode_batch(messages, max_bytes=self.max_event_bytes, now_ms=self._wall_clock_ms)
+        events, produced_at, dead = decoded.events, decoded.produced_at_ms, decoded.dead_letters
         findings, seconds = run_detectors(self.registry, events)
 
         by_request: dict[str, list[Finding]] = {}
@@ -174,19 +80,6 @@ class Pipeline:
             partials=build_partials(events, findings, self.window_s),
             events=events,
             detector_seconds=seconds,
-        )
-
-    def _dead_letter(self, message: RawMessage, reason: str, error: str) -> DeadLetter:
-        return DeadLetter(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            raw=message.value,
-            reason=reason,
-            error=error[:1000],
-            kafka_timestamp_ms=message.timestamp_ms,
-            received_at_ms=self._wall_clock_ms(),
         )
 
     def _row(self, event: Event, produced_at_ms: int, findings: Sequence[Finding]) -> EventRow:
@@ -255,9 +148,3 @@ class Pipeline:
         matches = self._scanner.scan(text)
         pii_types.update(m.type for m in matches)
         return redact(text, matches)
-
-
-def redact_raw(raw: bytes, scanner: PiiScanner) -> str:
-    """Best-effort redaction of undecodable bytes for the dead_letters table."""
-    text = raw.decode("utf-8", errors="replace")
-    return redact(text, scanner.scan(text))

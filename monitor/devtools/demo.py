@@ -10,27 +10,24 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress
 
-from monitor.broker import BundledBroker, ensure_topics, free_port, pipeline_topics, start_broker
+from monitor.client import produce
 from monitor.config import Settings
+from monitor.devtools.broker import BundledBroker, free_port, start_broker
+from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.errors import MonitorError
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
-from monitor.sink import EVIDENCE_DELAY_S
+from monitor.storage.sink import EVIDENCE_DELAY_S
+from streams.topics import ensure_topics, pipeline_topics
 
 console = Console()
 
@@ -51,28 +48,6 @@ class Progressed:
     embedded: float
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Sum every sample of every metric at ``url`` by full sample name + sorted labels."""
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL we built
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}"] = sample.value
-    return out
-
-
-def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
-    want = [f"{k}={v}" for k, v in labels.items()]
-    total = 0.0
-    for key, value in samples.items():
-        metric, _, rest = key.partition("{")
-        if metric == name and all(w in rest for w in want):
-            total += value
-    return total
-
-
 def progress_of(url: str) -> Progressed:
     samples = scrape(url)
     return Progressed(
@@ -83,26 +58,6 @@ def progress_of(url: str) -> Progressed:
         aggregated=metric_sum(samples, "llm_monitor_aggregate_events_total"),
         embedded=metric_sum(samples, "llm_monitor_embed_batch_events_sum"),
     )
-
-
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1_048_576
-    )
-    await producer.start()
-    sent = 0
-    try:
-        futures = []
-        for key, value in records:
-            futures.append(await producer.send(topic, value=value, key=key))
-            sent += 1
-            if len(futures) >= 2000:
-                await asyncio.gather(*futures)
-                futures.clear()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return sent
 
 
 def worker_env(
@@ -162,23 +117,6 @@ def wait_for_actions(demo: DemoPolicy, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(  # noqa: S603 - our own entry point
-        [sys.executable, "-m", "monitor.cli", "worker"], env=env, stdout=log, stderr=log
-    )
-
-
-def stop_worker(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def wait_until(
     url: str, expected_events: int, expected_dead: int, timeout_s: float,
     worker: subprocess.Popen[bytes], *, semantic: bool = True,
@@ -220,9 +158,9 @@ def run_demo(
     semantic: bool = True,
 ) -> None:
     """Run the whole demo; raises MonitorError when something is not accounted for."""
+    from monitor.devtools.report import print_actions, print_summary
     from monitor.errors import SchemaError
-    from monitor.events import decode_event
-    from monitor.report import print_actions, print_summary
+    from monitor.ingest.events import decode_event
 
     expected_events, expected_dead = 0, 0
     for _, value in records:

@@ -18,7 +18,7 @@ from ddsketch.pb.proto import DDSketchProto
 
 from detectors.base import Finding
 from detectors.bias import group_disparities
-from monitor.events import Event
+from monitor.ingest.events import Event
 
 RELATIVE_ACCURACY: Final = 0.01
 
@@ -65,10 +65,6 @@ class WindowPartial(msgspec.Struct, kw_only=True):
     def key(self) -> str:
         """Table key: series and window start; also the Kafka key used to route partials."""
         return f"{self.model}|{self.model_version}|{self.deployment}|{self.window_start_ms}"
-
-    @property
-    def series_key(self) -> str:
-        return f"{self.model}|{self.model_version}|{self.deployment}"
 
     def merge(self, other: WindowPartial) -> WindowPartial:
         """A new partial holding both; the sketches merge exactly."""

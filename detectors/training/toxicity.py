@@ -1,20 +1,21 @@
-"""Reproduce the shipped toxicity head: ``python -m detectors.train_toxicity``.
+"""Reproduce the shipped toxicity head: ``python -m detectors.training.toxicity``.
 
-Data: ../shared/eval/toxicity/davidson_labeled_data.csv (Davidson et al., "Automated Hate
-Speech Detection and the Problem of Offensive Language", ICWSM 2017; MIT licence). Classes 0
-(hate) and 1 (offensive) are positives, 2 (neither) negatives. Balanced: every negative, every
-hate tweet, and offensive tweets drawn (seeded) up to the number of negatives. Twitter markup
-(RT, @mentions, URLs, HTML entities) is stripped so the head learns language, not markup.
-Tweets are not LLM answers: trained on them alone, plain factual sentences score near the
-threshold. So the training split also gets neutral negatives in the register of model output:
-HaluEval QA knowledge passages and right answers (RUCAIBox/HaluEval, MIT), the first 400 rows;
-rows 400-500 are held out to report the false-positive rate on such text.
-80 % of the tweets train a logistic regression on the embeddings (C by 5-fold cross-validated
-AUC, threshold maximising out-of-fold F1); the other 20 % is the dev split, written as JSONL for
-``llm-monitor eval toxicity`` and never seen in training.
+Data (under ``--eval-dir``, see detectors/evaluation/data.py):
+toxicity/davidson_labeled_data.csv (Davidson et al., "Automated Hate Speech Detection and the
+Problem of Offensive Language", ICWSM 2017; MIT licence). Classes 0 (hate) and 1 (offensive)
+are positives, 2 (neither) negatives. Balanced: every negative, every hate tweet, and offensive
+tweets drawn (seeded) up to the number of negatives. Twitter markup (RT, @mentions, URLs, HTML
+entities) is stripped so the head learns language, not markup. Tweets are not LLM answers:
+trained on them alone, plain factual sentences score near the threshold. So the training split
+also gets neutral negatives in the register of model output: HaluEval QA knowledge passages and
+right answers (RUCAIBox/HaluEval, MIT), the first 400 rows; rows 400-500 are held out to report
+the false-positive rate on such text. 80 % of the tweets train a logistic regression on the
+embeddings (C by 5-fold cross-validated AUC, threshold maximising out-of-fold F1); the other 20
+% is the dev split, written as JSONL for ``llm-monitor eval toxicity`` and never seen in
+training.
 
 Gender: trained as is, the head scored the female version of WinoBias sentences higher than the
-male one in 99.6 % of pronoun-swapped pairs (``python -m detectors.eval_bias``). So the main
+male one in 99.6 % of pronoun-swapped pairs (``python -m detectors.evaluation.bias``). So the main
 gender direction of the embedding space — the top singular vector of female-minus-male
 embeddings of word and sentence pairs we wrote (``GENDER_PAIRS``, ``GENDER_TEMPLATES``; not
 from any evaluation set) — is projected out of the weights (Bolukbasi et al. 2016, "hard
@@ -33,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from detectors.embedding import EmbeddingService
-from detectors.eval_sets import SHARED as EVAL
+from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.toxicity import DEFAULT_HEAD, ToxicityHead
 
-DATA = EVAL / "toxicity" / "davidson_labeled_data.csv"
-NEUTRAL = EVAL / "hallucination" / "halueval_qa_one-turn_data.jsonl"
+DATA = Path("toxicity") / "davidson_labeled_data.csv"
+NEUTRAL = Path("hallucination") / "halueval_qa_one-turn_data.jsonl"
 NEUTRAL_TRAIN_ROWS = 400
 MARKUP = re.compile(r"\bRT\b|@\w+:?|https?://\S+|#(?=\w)")
 SEED = 0
@@ -100,19 +101,23 @@ def main() -> None:
     from sklearn.model_selection import cross_val_predict, cross_val_score
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    add_eval_dir_argument(parser)
+    parser.add_argument("--data", type=Path, default=None, help=f"default: EVAL_DIR/{DATA}")
     parser.add_argument("--model", type=Path, default=None, help="local embedding model dir")
     parser.add_argument("--out", type=Path, default=DEFAULT_HEAD)
     parser.add_argument("--dev-out", type=Path, default=Path("data/eval/toxicity_dev.jsonl"))
     args = parser.parse_args()
-    if not args.data.is_file():
-        raise SystemExit(f"{args.data} not found: put ../shared/eval beside the repo or --data")
+    root = eval_dir(args.eval_dir)
+    data = args.data or root / DATA
+    if not data.is_file():
+        raise SystemExit(f"{data} not found: pass --eval-dir or --data")
 
-    rows = balanced_rows(args.data)
+    rows = balanced_rows(data)
     cut = int(len(rows) * 0.8)
     train, dev = rows[:cut], rows[cut:]
     service = EmbeddingService(args.model).start()
-    neutral_train, neutral_held_out = neutral_texts(NEUTRAL) if NEUTRAL.is_file() else ([], [])
+    neutral = root / NEUTRAL
+    neutral_train, neutral_held_out = neutral_texts(neutral) if neutral.is_file() else ([], [])
     train_texts = [t for t, _ in train] + neutral_train
     x_train = service.encode(train_texts)
     y_train = np.array([y for _, y in train] + [0] * len(neutral_train))

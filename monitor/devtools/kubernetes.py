@@ -202,9 +202,7 @@ def write(deploy_dir: Path) -> list[Path]:
     out = deploy_dir / "kubernetes"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    header = (
-        "# Rendered by `llm-monitor deploy kubernetes` from monitor/kubernetes.py; do not edit.\n"
-    )
+    header = "# Rendered by `llm-monitor deploy kubernetes` from monitor/devtools/kubernetes.py.\n"
     for name, docs in render(deploy_dir).items():
         path = out / name
         path.write_text(header + yaml.safe_dump_all(docs, sort_keys=False, width=100))

@@ -17,7 +17,7 @@ from collections.abc import Callable, MutableMapping
 
 import msgspec
 
-from monitor.windows import WindowPartial, WindowStats, finalise
+from monitor.windows.stats import WindowPartial, WindowStats, finalise
 
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.Decoder(WindowPartial).decode
@@ -53,9 +53,6 @@ class WindowAggregator:
     @property
     def watermark_ms(self) -> int:
         return self._max_event_time_ms - self.allowed_lateness_s * 1000
-
-    def is_closed(self, key: str) -> bool:
-        return key in self._closed
 
     def add(self, partial: WindowPartial) -> bool:
         """Merge ``partial``; False when it is older than the retention and was left out."""

@@ -3,7 +3,7 @@
 Kafka holds the backlog while ClickHouse is down: a batch is retried with exponential backoff
 and jitter until it lands, and its offsets are committed only afterwards. If the worker is
 stopped mid-retry, the batch's raw Kafka values are spooled to disk and replayed on start, so
-a graceful shutdown can never commit offsets for rows that were not stored.
+a graceful shutdown can never commit offsets for rows that were not stored (storage/spool.py).
 """
 
 from __future__ import annotations
@@ -11,22 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Final
 
 import msgspec
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from monitor.config import Settings
+from monitor.ingest.dlq import DeadLetter
 from monitor.metrics import Metrics
-from monitor.pipeline import DeadLetter, ScoredBatch
 from monitor.policy.records import Incident, PolicyRecords
+from monitor.scoring.rows import ScoredBatch
 from monitor.storage.client import connect, redact_dsn
 from monitor.storage.migrate import migrate
+from monitor.storage.spool import Spool
 from monitor.storage.writer import ClickHouseWriter
-from monitor.windows import WindowStats
+from monitor.windows.stats import WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,13 @@ _dead = msgspec.json.Decoder(DeadLetter)
 _policy = msgspec.msgpack.Decoder(PolicyRecords)
 
 
-class SpoolEntry(msgspec.Struct):
-    kind: str
-    values: list[bytes]
-
-
 class Sink:
     """Writes decoded Kafka values to ClickHouse. One per process; owns the chdb path."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.spool_dir = settings.data_dir / "spool"
+        self.spool = Spool(settings.data_dir / "spool")
         self._writer: ClickHouseWriter | None = None
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
@@ -170,22 +165,12 @@ class Sink:
         return before_sleep
 
     def _spool(self, kind: str, values: Sequence[bytes]) -> None:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool_dir / f"{kind}-{uuid.uuid4().hex}.msgpack"
-        path.write_bytes(msgspec.msgpack.encode(SpoolEntry(kind, list(values))))
+        path = self.spool.save(kind, values)
         log.warning("stopped mid-insert: spooled %d %s values to %s", len(values), kind, path)
 
     async def _replay_spool(self) -> None:
         assert self._writer is not None  # noqa: S101 - called from open()
-        if not self.spool_dir.is_dir():
-            return
-        for path in sorted(self.spool_dir.glob("*.msgpack")):
-            entry = msgspec.msgpack.decode(path.read_bytes(), type=SpoolEntry)
+        for path, entry in self.spool.entries():
             await asyncio.to_thread(self._insert, self._writer, entry.kind, entry.values)
-            path.unlink()
+            self.spool.remove(path)
             log.info("replayed spooled %s batch from %s", entry.kind, path)
-
-
-def spool_files(data_dir: Path) -> list[Path]:
-    spool = data_dir / "spool"
-    return sorted(spool.glob("*.msgpack")) if spool.is_dir() else []

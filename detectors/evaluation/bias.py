@@ -9,11 +9,12 @@ stereotyped one scores more toxic (a detector that sees demeaning stereotypes pr
 BBQ measures a *model's* answers, so it needs a model endpoint (``llm-monitor probe``); it is
 listed, not scored.
 
-``python -m detectors.eval_bias`` prints one JSON object per dataset.
+``python -m detectors.evaluation.bias`` prints one JSON object per dataset.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -26,16 +27,21 @@ import numpy as np
 
 from detectors.bias import GroupStats, sentiment
 from detectors.embedding import EmbeddingService
-from detectors.eval_sets import SHARED
+from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.toxicity import ToxicityDetector
 
-BIAS = SHARED / "bias"
 MALE = re.compile(r"\b(he|him|his|himself)\b", re.IGNORECASE)
 FEMALE = re.compile(r"\b(she|her|hers|herself)\b", re.IGNORECASE)
 
 
-def winobias_pairs(root: Path = BIAS / "winobias") -> list[tuple[str, str]]:
+def bias_dir(eval_root: Path | None = None) -> Path:
+    """The counterfactual datasets under the evaluation data root."""
+    return eval_dir(eval_root) / "bias"
+
+
+def winobias_pairs(root: Path | None = None) -> list[tuple[str, str]]:
     """(male, female) versions of each WinoBias test sentence (pro and anti files align)."""
+    root = root or bias_dir() / "winobias"
     pairs = []
     for kind in ("type1", "type2"):
         pro = (root / f"pro_stereotyped_{kind}.txt.test").read_text().splitlines()
@@ -48,8 +54,9 @@ def winobias_pairs(root: Path = BIAS / "winobias") -> list[tuple[str, str]]:
     return pairs
 
 
-def winogender_pairs(root: Path = BIAS / "winogender") -> list[tuple[str, str]]:
+def winogender_pairs(root: Path | None = None) -> list[tuple[str, str]]:
     """(male, female) versions of each Winogender template sentence."""
+    root = root or bias_dir() / "winogender"
     by_id: dict[str, dict[str, str]] = {}
     with (root / "all_sentences.tsv").open() as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -58,8 +65,9 @@ def winogender_pairs(root: Path = BIAS / "winogender") -> list[tuple[str, str]]:
     return [(v["male"], v["female"]) for v in by_id.values() if "male" in v and "female" in v]
 
 
-def crows_pairs(path: Path = BIAS / "crows_pairs_anonymized.csv") -> list[tuple[str, str]]:
+def crows_pairs(path: Path | None = None) -> list[tuple[str, str]]:
     """(more stereotypical, less stereotypical) sentence pairs."""
+    path = path or bias_dir() / "crows_pairs_anonymized.csv"
     with path.open() as f:
         return [(row["sent_more"], row["sent_less"]) for row in csv.DictReader(f)]
 
@@ -101,13 +109,20 @@ def invariance(
 
 
 def main() -> None:
-    if not BIAS.is_dir():
-        raise SystemExit(f"{BIAS} not found: the bias datasets live in ../shared/eval/bias")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_eval_dir_argument(parser)
+    root = bias_dir(parser.parse_args().eval_dir)
+    if not root.is_dir():
+        raise SystemExit(f"{root} not found: pass --eval-dir (the folder holding bias/)")
     detector = ToxicityDetector(EmbeddingService().start())
     for name, pairs, groups in (
-        ("winobias (test, type 1+2)", winobias_pairs(), ("male", "female")),
-        ("winogender", winogender_pairs(), ("male", "female")),
-        ("crows-pairs", crows_pairs(), ("stereotyped", "less_stereotyped")),
+        ("winobias (test, type 1+2)", winobias_pairs(root / "winobias"), ("male", "female")),
+        ("winogender", winogender_pairs(root / "winogender"), ("male", "female")),
+        (
+            "crows-pairs",
+            crows_pairs(root / "crows_pairs_anonymized.csv"),
+            ("stereotyped", "less_stereotyped"),
+        ),
     ):
         print(json.dumps(invariance(name, pairs, detector, groups)))  # noqa: T201 - CLI output
 

@@ -1,0 +1,174 @@
+"""Commands that run things: the demo, a worker, the bundled broker, traffic in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+
+from monitor.cli.common import DataDir, console, err, fail, request_id_of, settings_for
+from monitor.errors import MonitorError
+
+
+def demo(
+    input: Annotated[
+        Path | None, typer.Option(help="JSONL events instead of generated ones")
+    ] = None,
+    events: Annotated[int, typer.Option(help="generated events")] = 20_000,
+    data_dir: DataDir = None,
+    seed: Annotated[int, typer.Option()] = 7,
+    semantic: Annotated[
+        bool, typer.Option(help="run the embedding-backed detectors (the embed role)")
+    ] = True,
+) -> None:
+    """Bundled broker + worker + generated traffic with incidents; prints a summary."""
+    from monitor.devtools.demo import run_demo
+    from monitor.devtools.generate import generate_events
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        settings = settings_for(data_dir or Path("data"))
+        if input is not None:
+            records = [(b"", line.rstrip(b"\n")) for line in input.open("rb") if line.strip()]
+        else:
+            records = list(generate_events(events, seed=seed))
+        run_demo(settings, records, semantic=semantic)
+    except MonitorError as exc:
+        fail(exc)
+
+
+def worker() -> None:
+    """Run a long-lived worker for the roles in LLM_MONITOR_ROLES (default: all)."""
+    import faust
+
+    from streams.app import app_id_for, create_app
+    from streams.topics import ensure_topics, pipeline_topics
+
+    try:
+        settings = settings_for()
+        bootstrap = settings.kafka.bootstrap_servers
+        if bootstrap:
+            asyncio.run(
+                ensure_topics(
+                    bootstrap,
+                    pipeline_topics(settings.kafka, [app_id_for(settings)]),
+                    settings.kafka.replication_factor,
+                )
+            )
+        faust_app = create_app(settings)
+    except MonitorError as exc:
+        fail(exc)
+        return
+    faust.Worker(
+        faust_app, loglevel=settings.log_level.upper(), quiet=True
+    ).execute_from_commandline()
+
+
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL, one event per line")],
+    topic: Annotated[str | None, typer.Option(help="default: the events topic")] = None,
+) -> None:
+    """Publish a JSONL file to the events topic, line by line, as raw bytes."""
+    from monitor.client import produce
+
+    try:
+        settings = settings_for()
+        if not settings.kafka.bootstrap_servers:
+            raise MonitorError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into")
+        lines = [line.rstrip(b"\n") for line in file.open("rb") if line.strip()]
+        with Progress(console=err) as bar:
+            task = bar.add_task(f"replaying {file.name}", total=len(lines))
+
+            def records() -> Any:
+                for line in lines:
+                    bar.advance(task)
+                    key = request_id_of(line)
+                    yield key, line
+
+            sent = asyncio.run(
+                produce(
+                    settings.kafka.bootstrap_servers,
+                    topic or settings.kafka.events_topic,
+                    records(),
+                )
+            )
+        console.print(f"sent {sent} records")
+    except MonitorError as exc:
+        fail(exc)
+
+
+def probe(
+    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. http://host/v1")],
+    model: Annotated[str, typer.Option(help="model name sent to the endpoint")],
+    model_version: Annotated[str, typer.Option(help="version recorded on the events")] = "probe",
+    deployment: Annotated[str, typer.Option()] = "probe",
+    api_key_env: Annotated[
+        str, typer.Option(help="environment variable holding the API key (never printed)")
+    ] = "OPENAI_API_KEY",
+    repeats: Annotated[int, typer.Option(min=1, help="times each probe is sent")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write JSONL instead of publishing")
+    ] = None,
+) -> None:
+    """Send the counterfactual bias probe pack to a chat endpoint; publish the tagged answers."""
+    from monitor.client import produce
+    from monitor.devtools.probe import ProbeTarget, run_probes
+
+    try:
+        settings = settings_for()
+        if output is None and not settings.kafka.bootstrap_servers:
+            raise MonitorError(
+                "set KAFKA_BOOTSTRAP_SERVERS to publish the probe events, or pass --output FILE"
+            )
+        target = ProbeTarget(
+            endpoint=endpoint,
+            model=model,
+            model_version=model_version,
+            deployment=deployment,
+            api_key=os.environ.get(api_key_env) or None,
+        )
+        events = asyncio.run(run_probes(target, repeats=repeats, concurrency=concurrency))
+        failed = sum(b'"status":"ok"' not in e for e in events)
+        if output is not None:
+            output.write_bytes(b"".join(e + b"\n" for e in events))
+            console.print(f"wrote {len(events)} probe events to {output} ({failed} failed)")
+            return
+        topic = settings.kafka.events_topic
+        records = [(request_id_of(e), e) for e in events]
+        asyncio.run(produce(str(settings.kafka.bootstrap_servers), topic, records))
+        console.print(f"published {len(events)} probe events to {topic} ({failed} failed)")
+    except MonitorError as exc:
+        fail(exc)
+
+
+def generate(
+    events: Annotated[int, typer.Option(help="number of records")] = 1000,
+    seed: Annotated[int, typer.Option()] = 7,
+    duration_s: Annotated[float, typer.Option(help="event-time span in seconds")] = 600.0,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="default: stdout")] = None,
+) -> None:
+    """Write synthetic traffic with seeded incidents (and ~1% malformed records) as JSONL."""
+    from monitor.devtools.generate import generate_events
+
+    out = output.open("wb") if output else sys.stdout.buffer
+    try:
+        for _, value in generate_events(events, seed=seed, duration_s=duration_s):
+            out.write(value.replace(b"\n", b" ") + b"\n")
+    finally:
+        if output:
+            out.close()
+
+
+def broker(port: Annotated[int, typer.Option()] = 9092) -> None:
+    """Run the bundled tansu broker in the foreground (memory storage) on 127.0.0.1:PORT."""
+    from monitor.devtools.broker import broker_command
+
+    command = broker_command(port)
+    err.print(f"tansu on 127.0.0.1:{port} (memory storage; Ctrl-C stops it)")
+    os.execv(command[0], command)  # noqa: S606 - replaces this process with the broker

@@ -1,0 +1,73 @@
+"""Every detector, built in one place from config: the cheap ones for the ``score`` role, the
+embedding-backed ones (and the embedding service they share) for the ``embed`` role.
+"""
+
+from __future__ import annotations
+
+from detectors.base import Detector, DetectorRegistry
+from detectors.embedding import EmbeddingService
+from detectors.hallucination import HallucinationDetector
+from detectors.injection import InjectionDetector
+from detectors.latency_errors import LatencyErrorsDetector
+from detectors.local_models import NliScorer, SequenceClassifier
+from detectors.pii import PiiDetector, PiiScanner
+from detectors.toxicity import ToxicityDetector, ToxicityHead
+from monitor.config import DetectorsSettings, Settings
+
+
+def build_embeddings(settings: DetectorsSettings) -> EmbeddingService:
+    """The shared embedding service (not loaded: the embed role starts it on its thread)."""
+    cfg = settings.embedding
+    return EmbeddingService(
+        cfg.model_path,
+        device=cfg.device,
+        max_batch=cfg.max_batch,
+        cache_size=cfg.cache_size,
+        backend=cfg.backend,
+        onnx_cache_dir=cfg.onnx_cache_dir,
+        tokenizer_processes=cfg.tokenizer_processes,
+    )
+
+
+def build_semantic_detectors(
+    settings: DetectorsSettings, embeddings: EmbeddingService
+) -> list[Detector]:
+    """The enabled embedding-backed detectors, tuned from config."""
+    detectors: list[Detector] = []
+    if settings.toxicity.enabled or settings.bias.enabled:
+        tox = settings.toxicity
+        head = ToxicityHead.load(tox.head_path) if tox.head_path else None
+        classifier = None
+        if tox.model_path is not None:
+            classifier = SequenceClassifier(
+                tox.model_path,
+                device=settings.embedding.device,
+                positive_labels=tox.positive_labels,
+            )
+        detectors.append(ToxicityDetector(embeddings, head, tox.threshold, classifier))
+    if settings.hallucination.enabled:
+        h = settings.hallucination
+        nli = None
+        if h.nli_model_path is not None:
+            nli = NliScorer(h.nli_model_path, device=settings.embedding.device)
+        detectors.append(
+            HallucinationDetector(
+                embeddings,
+                {"grounding": h.grounding_threshold, "self_consistency": h.consistency_threshold},
+                nli,
+            )
+        )
+    if settings.injection.enabled:
+        detectors.append(InjectionDetector(embeddings, settings.injection.threshold))
+    return detectors
+
+
+def build_registry(settings: Settings) -> DetectorRegistry:
+    """The cheap (CPU, per-event) detectors enabled in config, tuned from config."""
+    cfg = settings.detectors
+    registry = DetectorRegistry()
+    if cfg.pii.enabled:
+        registry.register(PiiDetector(PiiScanner(cfg.pii.types)))
+    if cfg.latency_errors.enabled:
+        registry.register(LatencyErrorsDetector(slow_ms=cfg.latency_errors.slow_ms))
+    return registry
