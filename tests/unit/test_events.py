@@ -83,7 +83,9 @@ def test_oversized_event_is_rejected_before_parsing() -> None:
 def test_json_schema_ships_and_allows_unknown_fields() -> None:
     from importlib import resources
 
-    shipped = json.loads(resources.files("monitor.ingest").joinpath("schema/event.json").read_text())
+    shipped = json.loads(
+        resources.files("monitor.ingest").joinpath("schema/event.json").read_text()
+    )
     assert shipped == json_schema()
     event = shipped["$defs"]["Event"]
     assert event["additionalProperties"] is True

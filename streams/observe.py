@@ -1,0 +1,70 @@
+"""Role outputs turned into Prometheus metrics (the metrics are declared in monitor/metrics.py)."""
+
+from __future__ import annotations
+
+from detectors.drift import DRIFT_DETECTOR
+from monitor.metrics import Metrics
+from monitor.scoring.pipeline import PipelineResult
+from monitor.scoring.rows import FindingRow
+from monitor.scoring.semantic import SemanticResult
+from monitor.windows.stats import WindowStats
+
+
+def observe_scoring(metrics: Metrics, received: int, result: PipelineResult) -> None:
+    metrics.events_received.inc(received)
+    metrics.batch_size.observe(received)
+    for letter in result.dead_letters:
+        metrics.dead_letters.labels(letter.reason).inc()
+    for event in result.events:
+        metrics.events_valid.labels(
+            *metrics.series(*event.series), metrics.guard("route", event.route)
+        ).inc()
+    for name, seconds in result.detector_seconds.items():
+        metrics.detector_seconds.labels(name).observe(seconds)
+    observe_findings(metrics, result.scored.findings)
+
+
+def observe_semantic(
+    metrics: Metrics, events: int, result: SemanticResult, cache_hits: int
+) -> None:
+    metrics.embed_batch_events.observe(events)
+    metrics.embed_texts.inc(result.texts)
+    metrics.embed_cache_hits.inc(cache_hits)
+    for name, seconds in result.detector_seconds.items():
+        metrics.detector_seconds.labels(name).observe(seconds)
+    observe_findings(metrics, result.scored.findings)
+
+
+def observe_findings(metrics: Metrics, rows: list[FindingRow]) -> None:
+    for row in rows:
+        f = row.finding
+        metrics.detector_score.labels(f.detector).observe(f.score)
+        if f.flagged:
+            series = metrics.series(row.model, row.model_version, row.deployment)
+            metrics.detector_flags.labels(*series, f.detector, f.category).inc()
+            if f.detector == DRIFT_DETECTOR:
+                metrics.drift_signals.labels(*series, metrics.guard("signal", f.category)).inc()
+
+
+def observe_window(metrics: Metrics, stats: WindowStats, *, drift: bool = False) -> None:
+    series = metrics.series(stats.model, stats.model_version, stats.deployment)
+    metrics.window_events.labels(*series).set(stats.events)
+    if drift:  # zero-valued series from the start, so increase() sees the first detection
+        for signal in ("embedding", "rate:error_rate"):
+            metrics.drift_signals.labels(*series, signal)
+    metrics.window_error_rate.labels(*series).set(stats.error_rate)
+    metrics.window_complaint_rate.labels(*series).set(stats.complaint_rate)
+    for quantile, value in (
+        ("0.5", stats.latency_p50_ms),
+        ("0.95", stats.latency_p95_ms),
+        ("0.99", stats.latency_p99_ms),
+    ):
+        if value is not None:
+            metrics.window_latency_ms.labels(*series, quantile).set(value)
+    for detector, rate in stats.flag_rates.items():
+        metrics.window_flag_rate.labels(*series, metrics.guard("detector", detector)).set(rate)
+    for metric, value in stats.bias_disparity.items():
+        gauge = metrics.window_bias_disparity
+        gauge.labels(*series, metric, "value").set(value)
+        gauge.labels(*series, metric, "low").set(stats.bias_low[metric])
+        gauge.labels(*series, metric, "high").set(stats.bias_high[metric])
