@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -84,23 +85,42 @@ def records(n: int, seed: int) -> list[tuple[bytes, bytes]]:
     return list(generate_events(n, seed=seed, bad_fraction=0.0, duration_s=600))
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class Throughput:
+    """What the measured runs saw, before the worker stops."""
+
+    burst: int
+    burst_produce_s: float
+    pipeline_rate: float
+    baseline_rate: float
+    paced: int
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--paced-rate", type=int, default=2_000, help="events/s for latency")
     parser.add_argument("--paced-seconds", type=int, default=10)
-    args = parser.parse_args()
-    partitions = KafkaSettings().partitions
-    data_dir = Path(tempfile.mkdtemp(prefix="llm-monitor-bench-"))
-    broker = start_broker(log_path=data_dir / "broker.log")
-    port = free_port()
+    return parser.parse_args()
+
+
+def worker_env(bootstrap: str, data_dir: Path, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "LLM_MONITOR_DATA_DIR": str(data_dir),
         "LLM_MONITOR_METRICS__PORT": str(port),
         "LLM_MONITOR_LOG_LEVEL": "warning",
     })  # fmt: skip
+    return env
+
+
+def run_bench(args: argparse.Namespace, data_dir: Path) -> Throughput:
+    """Start the broker and a worker, run the measured loads, stop both."""
+    partitions = KafkaSettings().partitions
+    broker = start_broker(log_path=data_dir / "broker.log")
+    port = free_port()
+    env = worker_env(broker.bootstrap, data_dir, port)
     worker = None
     try:
         asyncio.run(
@@ -108,72 +128,102 @@ def main() -> None:
         )
         worker = start_worker(env, data_dir / "worker.log")
         wait_ready(f"http://127.0.0.1:{port}/health")
-        metrics_url = f"http://127.0.0.1:{port}/metrics"
-
-        warm = records(2000, seed=1)
-        asyncio.run(produce(broker.bootstrap, TOPIC, warm))
-        wait_stored(metrics_url, len(warm))
-
-        burst = records(args.events, seed=2)
-        started = time.perf_counter()
-        asyncio.run(produce(broker.bootstrap, TOPIC, burst))
-        produced = time.perf_counter()
-        finished = wait_stored(metrics_url, len(warm) + len(burst))
-        pipeline_rate = len(burst) / (finished - started)
-
-        paced = records(args.paced_rate * args.paced_seconds, seed=3)
-
-        async def paced_produce() -> None:
-            step = max(1, args.paced_rate // 20)
-            t0 = time.perf_counter()
-            for i in range(0, len(paced), step):
-                await produce(broker.bootstrap, TOPIC, paced[i : i + step])
-                delay = t0 + (i + step) / args.paced_rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-
-        asyncio.run(paced_produce())
-        wait_stored(metrics_url, len(warm) + len(burst) + len(paced))
-
-        total = len(warm) + len(burst) + len(paced)
-        baseline_seconds = asyncio.run(bare_consume(broker.bootstrap, total, partitions))
-        baseline_rate = total / baseline_seconds
+        return measure(args, broker.bootstrap, f"http://127.0.0.1:{port}/metrics", partitions)
     finally:
         if worker is not None:
             stop_worker(worker)
         broker.stop()
 
+
+def measure(
+    args: argparse.Namespace, bootstrap: str, metrics_url: str, partitions: int
+) -> Throughput:
+    """A warm-up, the timed burst, the paced load for latency, then the bare-consume baseline
+    over everything produced."""
+    warm = records(2000, seed=1)
+    asyncio.run(produce(bootstrap, TOPIC, warm))
+    wait_stored(metrics_url, len(warm))
+
+    burst = records(args.events, seed=2)
+    started = time.perf_counter()
+    asyncio.run(produce(bootstrap, TOPIC, burst))
+    produced = time.perf_counter()
+    finished = wait_stored(metrics_url, len(warm) + len(burst))
+    pipeline_rate = len(burst) / (finished - started)
+
+    paced = records(args.paced_rate * args.paced_seconds, seed=3)
+    asyncio.run(paced_produce(bootstrap, paced, args.paced_rate))
+    wait_stored(metrics_url, len(warm) + len(burst) + len(paced))
+
+    total = len(warm) + len(burst) + len(paced)
+    baseline_seconds = asyncio.run(bare_consume(bootstrap, total, partitions))
+    return Throughput(
+        burst=len(burst),
+        burst_produce_s=produced - started,
+        pipeline_rate=pipeline_rate,
+        baseline_rate=total / baseline_seconds,
+        paced=len(paced),
+    )
+
+
+async def paced_produce(bootstrap: str, paced: list[tuple[bytes, bytes]], rate: int) -> None:
+    """Produce ``paced`` at ``rate`` events/s, in 20 batches a second."""
+    step = max(1, rate // 20)
+    t0 = time.perf_counter()
+    for i in range(0, len(paced), step):
+        await produce(bootstrap, TOPIC, paced[i : i + step])
+        delay = t0 + (i + step) / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def stored_latency(data_dir: Path, n: int) -> tuple[float, float, int]:
+    """p50 and p99 of produce->stored over the newest ``n`` events, and how many were read;
+    read with ``llm-monitor query`` once the worker has let go of the chdb directory."""
     sql = (
         "SELECT quantileExact(0.5)(d), quantileExact(0.99)(d), count() FROM ("
         "SELECT dateDiff('millisecond', produced_at, stored_at) AS d, produced_at "
         "FROM llm_monitor.events ORDER BY produced_at DESC LIMIT {n:UInt32})"
     )
     out = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "query", sql.replace("{n:UInt32}", str(len(paced))),
+        [sys.executable, "-m", "monitor.cli", "query", sql.replace("{n:UInt32}", str(n)),
          "--format", "json", "--data-dir", str(data_dir)],  # fmt: skip
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     row = list(json.loads(out.stdout.strip().splitlines()[-1])[0].values())
-    p50_ms, p99_ms, n = float(row[0]), float(row[1]), int(row[2])
+    return float(row[0]), float(row[1]), int(row[2])
 
-    print(f"burst: {len(burst)} events produced in {produced - started:.2f}s")
-    print(f"pipeline (broker -> detectors -> windows -> ClickHouse): {pipeline_rate:,.0f} events/s")
-    print(f"baseline (bare aiokafka consume loop, same broker): {baseline_rate:,.0f} events/s")
-    print(f"ratio pipeline/baseline: {pipeline_rate / baseline_rate:.3f}")
+
+def print_results(paced_rate: int, t: Throughput, latency: tuple[float, float, int]) -> None:
+    """The human-readable lines, then one JSON line for scripts."""
+    p50_ms, p99_ms, n = latency
+    print(f"burst: {t.burst} events produced in {t.burst_produce_s:.2f}s")
     print(
-        f"latency produce->stored at {args.paced_rate} events/s over {n} events: "
+        f"pipeline (broker -> detectors -> windows -> ClickHouse): {t.pipeline_rate:,.0f} events/s"
+    )
+    print(f"baseline (bare aiokafka consume loop, same broker): {t.baseline_rate:,.0f} events/s")
+    print(f"ratio pipeline/baseline: {t.pipeline_rate / t.baseline_rate:.3f}")
+    print(
+        f"latency produce->stored at {paced_rate} events/s over {n} events: "
         f"p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms"
     )
     summary = {
-        "events": len(burst),
-        "pipeline_events_per_s": round(pipeline_rate),
-        "baseline_events_per_s": round(baseline_rate),
-        "ratio": round(pipeline_rate / baseline_rate, 3),
-        "paced_rate": args.paced_rate,
+        "events": t.burst,
+        "pipeline_events_per_s": round(t.pipeline_rate),
+        "baseline_events_per_s": round(t.baseline_rate),
+        "ratio": round(t.pipeline_rate / t.baseline_rate, 3),
+        "paced_rate": paced_rate,
         "p50_ms": p50_ms,
         "p99_ms": p99_ms,
     }
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def main() -> None:
+    args = parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="llm-monitor-bench-"))
+    throughput = run_bench(args, data_dir)
+    print_results(args.paced_rate, throughput, stored_latency(data_dir, throughput.paced))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The dashboards, as code (grafana-foundation-sdk): SRE overview, detectors deep-dive, canary
-vs stable, and history from ClickHouse. ``llm-monitor dashboards build`` writes their JSON to
-dashboards/json/ (committed, provisioned by deploy/grafana/); a test keeps the committed JSON
-equal to this code and runs every query against a live pipeline.
+vs stable, and history from ClickHouse. ``llm-monitor dashboards build --policy FILE`` writes
+their JSON to dashboards/json/ (committed, provisioned by deploy/grafana/); the threshold lines
+are the thresholds of the policy passed in, so the dashboards and the policy engine cannot
+disagree. A test keeps the committed JSON equal to the build from deploy/policy/policy.yaml and
+runs every query against a live pipeline.
 """
 
 from __future__ import annotations
@@ -111,7 +113,9 @@ def base(uid: str, title: str, description: str) -> db.Dashboard:
     )  # fmt: skip
 
 
-def sre_overview() -> db.Dashboard:
+def sre_overview(policy: Policy) -> db.Dashboard:
+    """Policy state, traffic, errors, latency, flags; the pipeline underneath."""
+    rollback = policy.rollback
     return (
         base("llm-monitor-sre", "LLM monitor: SRE overview",
              "Traffic, errors, latency, detector flags, pipeline health and policy state.")
@@ -139,13 +143,13 @@ def sre_overview() -> db.Dashboard:
             "Error rate (latest window)",
             prom(f"max by (model, model_version, deployment) (llm_monitor_window_error_rate"
                  f"{{{SERIES}}})", "{{model}} {{model_version}} {{deployment}}"),
-            unit="percentunit", line=Policy().rollback.error_rate.threshold))
+            unit="percentunit", line=rollback.error_rate.threshold))
         .with_panel(series_panel(
             "Latency p50 / p95 / p99 per version",
             prom(f"max by (model, model_version, deployment, quantile) "
-                 f"(llm_monitor_window_latency_ms{{{SERIES}}})",
+                 f"(llm_monitor_window_latency_seconds{{{SERIES}}})",
                  "{{model}} {{model_version}} p{{quantile}}"),
-            unit="ms", line=Policy().rollback.p99_latency.threshold_ms))
+            unit="s", line=rollback.p99_latency.threshold_ms / 1000))
         .with_panel(series_panel(
             "Flag rate per detector",
             prom(f"max by (model, deployment, detector) (llm_monitor_window_flag_rate"
@@ -171,7 +175,8 @@ def sre_overview() -> db.Dashboard:
     )  # fmt: skip
 
 
-def detectors() -> db.Dashboard:
+def detectors(policy: Policy) -> db.Dashboard:
+    """Per-detector rates and scores, detector cost, embedding workers, bias, drift."""
     return (
         base("llm-monitor-detectors", "LLM monitor: detectors",
              "Per-detector rates, score distributions, detector cost and the embedding workers.")
@@ -222,7 +227,7 @@ def detectors() -> db.Dashboard:
             prom(f"max by (model, model_version, metric, bound) "
                  f"(llm_monitor_window_bias_disparity{{{SERIES}}})",
                  "{{model_version}} {{metric}} {{bound}}"),
-            line=Policy().rollback.bias_disparity.threshold))
+            line=policy.rollback.bias_disparity.threshold))
         .with_panel(series_panel(
             "Drift signals in the last hour",
             prom("sum by (model, model_version, signal) "
@@ -231,23 +236,31 @@ def detectors() -> db.Dashboard:
     )  # fmt: skip
 
 
-# (title, rule, unit, threshold): what the canary dashboard draws, with the policy's value.
-_POLICY = Policy()
-CANARY_RULES = (
-    ("Error rate", "rollback.error_rate", "percentunit", _POLICY.rollback.error_rate.threshold),
-    ("p99 latency", "rollback.p99_latency", "ms", _POLICY.rollback.p99_latency.threshold_ms),
-    ("Toxicity rate", "rollback.toxicity_rate", "percentunit",
-     _POLICY.rollback.detector_rates["toxicity"].threshold),
-    ("PII leak rate", "rollback.pii_rate", "percentunit",
-     _POLICY.rollback.detector_rates["pii"].threshold),
-    ("Hallucination rate", "rollback.hallucination_rate", "percentunit",
-     _POLICY.rollback.detector_rates["hallucination"].threshold),
-    ("Complaint rate", "rollback.complaint_rate", "percentunit",
-     _POLICY.rollback.complaint_rate.threshold),
-)  # fmt: skip
+# (title, rule, detector): the canary dashboard's detector panels, lines from rate rules.
+CANARY_DETECTORS = (
+    ("Toxicity rate", "rollback.toxicity_rate", "toxicity"),
+    ("PII leak rate", "rollback.pii_rate", "pii"),
+    ("Hallucination rate", "rollback.hallucination_rate", "hallucination"),
+)
 
 
-def canary_vs_stable() -> db.Dashboard:
+def canary_rules(policy: Policy) -> list[tuple[str, str, str, float | None]]:
+    """(title, rule, unit, threshold) per panel, the threshold from ``policy``, in the
+    llm_monitor_policy_rule gauge's base units (latency in seconds). A detector the policy
+    has no rate rule for gets no line."""
+    r = policy.rollback
+    rates = r.detector_rates
+    return [
+        ("Error rate", "rollback.error_rate", "percentunit", r.error_rate.threshold),
+        ("p99 latency", "rollback.p99_latency", "s", r.p99_latency.threshold_ms / 1000),
+        *((title, rule, "percentunit", rates[d].threshold if d in rates else None)
+          for title, rule, d in CANARY_DETECTORS),
+        ("Complaint rate", "rollback.complaint_rate", "percentunit", r.complaint_rate.threshold),
+    ]  # fmt: skip
+
+
+def canary_vs_stable(policy: Policy) -> db.Dashboard:
+    """Each policy rule of the canary: its value and bounds, stable's value, the threshold."""
     board = (
         base("llm-monitor-canary", "LLM monitor: canary vs stable",
              "Each policy metric of the canary with its confidence band (the bounds the policy "
@@ -258,9 +271,9 @@ def canary_vs_stable() -> db.Dashboard:
             prom('max by (model, bound) (llm_monitor_policy_rule{model=~"$model", '
                  'rule="rollback.canary_vs_stable.error_rate", bound=~"value|low|high"})',
                  "{{model}} {{bound}}"),
-            unit="percentunit", line=_POLICY.rollback.canary_vs_stable.margin, width=24))
+            unit="percentunit", line=policy.rollback.canary_vs_stable.margin, width=24))
     )  # fmt: skip
-    for title, rule, unit, threshold in CANARY_RULES:
+    for title, rule, unit, threshold in canary_rules(policy):
         metric = {"rollback.error_rate": "error_rate", "rollback.complaint_rate":
                   "complaint_rate"}.get(rule)  # fmt: skip
         queries = [
@@ -281,7 +294,8 @@ def canary_vs_stable() -> db.Dashboard:
     return board
 
 
-def history() -> db.Dashboard:
+def history(_policy: Policy) -> db.Dashboard:
+    """Months of history from ClickHouse (no policy thresholds drawn)."""
     return (
         base("llm-monitor-history", "LLM monitor: history (ClickHouse)",
              "Months of history from ClickHouse: routes, PII leaks by type (no raw values), "
@@ -325,7 +339,7 @@ def history() -> db.Dashboard:
     )  # fmt: skip
 
 
-DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
+DASHBOARDS: dict[str, Callable[[Policy], db.Dashboard]] = {
     "sre-overview": sre_overview,
     "detectors": detectors,
     "canary-vs-stable": canary_vs_stable,
@@ -341,14 +355,18 @@ def as_json(board: db.Dashboard) -> dict[str, Any]:
     return encoded
 
 
-def build_all() -> dict[str, dict[str, Any]]:
-    return {name: as_json(make()) for name, make in DASHBOARDS.items()}
+def build_all(policy: Policy | None = None) -> dict[str, dict[str, Any]]:
+    """Every dashboard as Grafana JSON, threshold lines from ``policy`` (None: the defaults,
+    which deploy/policy/policy.yaml lists)."""
+    chosen = Policy() if policy is None else policy
+    return {name: as_json(make(chosen)) for name, make in DASHBOARDS.items()}
 
 
-def write_all(out: Path = OUT) -> list[Path]:
+def write_all(policy: Policy, out: Path = OUT) -> list[Path]:
+    """Write each dashboard's JSON into ``out``, built with ``policy``'s thresholds."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, board in build_all().items():
+    for name, board in build_all(policy).items():
         path = out / f"{name}.json"
         path.write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
         paths.append(path)

@@ -6,10 +6,14 @@ from urllib.parse import urlparse
 
 from dashboards.build import build_all
 from monitor.errors import MonitorError
+from monitor.policy.config import Policy
 
 
-def push_all(url: str, token: str, folder: str) -> list[tuple[str, int]]:
-    """Create the folder when missing, then create or overwrite each dashboard in it."""
+def push_all(
+    url: str, token: str, folder: str, policy: Policy | None = None
+) -> list[tuple[str, int]]:
+    """Create the folder when missing, then create or overwrite each dashboard in it (threshold
+    lines from ``policy``, None: the defaults)."""
     from grafana_client.api import GrafanaApi
     from grafana_client.client import GrafanaException
 
@@ -21,7 +25,7 @@ def push_all(url: str, token: str, folder: str) -> list[tuple[str, int]]:
         existing = {f["title"]: f["uid"] for f in api.folder.get_all_folders()}
         folder_uid = existing.get(folder) or api.folder.create_folder(folder)["uid"]
         pushed = []
-        for board in build_all().values():
+        for board in build_all(policy).values():
             result = api.dashboard.update_dashboard(
                 {
                     "dashboard": board,

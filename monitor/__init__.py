@@ -1,4 +1,5 @@
-"""llm-monitor core: event contract, config, pipeline, storage, metrics and CLI.
+"""llm-monitor core, one folder per concern (docs/architecture.md): ingest, scoring, windows,
+storage, policy, cli, devtools; shared basics (config, errors, metrics) at the top.
 
 Free of any streaming framework so it can be driven by faust workers, tests and benchmarks alike.
 """

@@ -44,12 +44,13 @@ class Metrics:
     detector_flags: Counter
     detector_seconds: Histogram
     batch_size: Histogram
-    window_latency_ms: Gauge
+    window_latency_seconds: Gauge
     window_error_rate: Gauge
     window_events: Gauge
     window_flag_rate: Gauge
     window_complaint_rate: Gauge
     windows_emitted: Counter
+    windows_pending: Gauge
     partial_events_merged: Counter
     late_events: Counter
     sink_rows: Counter
@@ -73,6 +74,7 @@ class Metrics:
     actions: Counter
     webhook_attempts: Counter
     killswitch_api_calls: Counter
+    incident_evidence: Counter
 
     def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
         g = self.guard
@@ -83,6 +85,7 @@ SINK_TABLES = ("events", "findings", "windows", "dead_letters", "policy")
 ACTIONS = ("rollback", "kill", "resume", "promote")
 ATTEMPT_OUTCOMES = ("delivered", "retrying", "gave_up")
 API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
+EVIDENCE_OUTCOMES = ("copied", "failed")
 
 
 def initialise(metrics: Metrics) -> None:
@@ -101,6 +104,8 @@ def initialise(metrics: Metrics) -> None:
             metrics.webhook_attempts.labels(action, outcome)
     for outcome in API_OUTCOMES:
         metrics.killswitch_api_calls.labels(outcome)
+    for outcome in EVIDENCE_OUTCOMES:
+        metrics.incident_evidence.labels(outcome)
 
 
 def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) -> Metrics:
@@ -146,9 +151,9 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=registry,
         ),
-        window_latency_ms=gauge(
-            "llm_monitor_window_latency_ms",
-            "Latency quantile of the latest window per series, in milliseconds.",
+        window_latency_seconds=gauge(
+            "llm_monitor_window_latency_seconds",
+            "Latency quantile of the latest window per series, in seconds.",
             (*SERIES, "quantile"),
         ),
         window_error_rate=gauge(
@@ -165,6 +170,10 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         ),
         windows_emitted=counter(
             "llm_monitor_windows_emitted", "Window snapshots published.", ("final",)
+        ),
+        windows_pending=gauge(
+            "llm_monitor_windows_pending",
+            "Windows changed since their last published snapshot (flushed every 0.25 s).",
         ),
         partial_events_merged=counter(
             "llm_monitor_aggregate_events", "Events merged into windows by the aggregator."
@@ -249,7 +258,7 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         ),
         policy_rule=gauge(
             "llm_monitor_policy_rule",
-            "Latest evaluation of each policy rule: value, its confidence bounds, threshold, n.",
+            "Latest evaluation of each policy rule: value, its bounds, threshold (base units), n.",
             (*SERIES, "rule", "bound"),
         ),
         rollout_stage=gauge(
@@ -273,6 +282,11 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         killswitch_api_calls=counter(
             "llm_monitor_killswitch_api_calls",
             "Kill-switch API calls by outcome (ok, unauthorized, invalid, disabled).",
+            ("outcome",),
+        ),
+        incident_evidence=counter(
+            "llm_monitor_incident_evidence_copies",
+            "Incident evidence copies out of the TTL'd tables, by outcome (copied, failed).",
             ("outcome",),
         ),
     )

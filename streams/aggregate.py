@@ -67,6 +67,7 @@ def add_aggregate_role(
             if aggregator.add(partial):
                 metrics.partial_events_merged.inc(partial.events)
                 dirty.add(partial.key)
+                metrics.windows_pending.set(len(dirty))
             else:
                 metrics.late_events.inc(partial.events)
             if time.monotonic() - last_sweep[0] < SWEEP_INTERVAL_S:
@@ -96,6 +97,7 @@ def add_aggregate_role(
             if stats is not None:
                 sends.extend(await publish(stats))
         await deliver(sends)
+        metrics.windows_pending.set(len(dirty))  # zero: every changed window published, acked
 
 
 class TextValues(MutableMapping[str, bytes]):

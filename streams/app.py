@@ -25,6 +25,7 @@ from streams.policy import add_policy_role, api_token
 from streams.policy_api import add_policy_api
 from streams.score import add_score_role
 from streams.sink import add_sink_role
+from streams.topics import stream_topics
 from streams.tuning import seek_before_resume, set_fetch_max_wait
 from streams.web import add_views
 
@@ -41,22 +42,55 @@ def app_id_for(settings: Settings) -> str:
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """Build the faust app for ``settings.roles``; nothing connects until the worker starts."""
-    bootstrap = settings.kafka.bootstrap_servers
-    if not bootstrap:
+    check_roles(settings)
+    metrics = create_metrics(
+        registry or CollectorRegistry(), max_label_values=settings.metrics.max_label_values
+    )
+    app = faust_app(settings)
+    app.monitor_metrics = metrics  # type: ignore[attr-defined]
+    k = settings.kafka
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw", "partitions": k.partitions}  # fmt: skip
+    topics = {name: app.topic(name, **raw) for name in stream_topics(k)}
+    roles = settings.active_roles
+    if "score" in roles:
+        add_score_role(app, settings, metrics, topics)
+    if "embed" in roles and settings.detectors.semantic_enabled:
+        add_embed_role(app, settings, metrics, topics)
+    if "aggregate" in roles:
+        add_aggregate_role(app, settings, metrics, topics)
+    if "policy" in roles:
+        role = add_policy_role(app, settings, metrics, topics)
+        add_policy_api(app, role, api_token(settings))
+    if "sink" in roles:
+        add_sink_role(app, settings, metrics, topics)
+    add_views(app, settings, metrics)
+    return app
+
+
+def check_roles(settings: Settings) -> None:
+    """Refuse settings a worker cannot run: no broker, or an embed role with nothing to embed."""
+    if not settings.kafka.bootstrap_servers:
         raise ConfigError(
             "kafka.bootstrap_servers is not set. Fix: set KAFKA_BOOTSTRAP_SERVERS or "
             "LLM_MONITOR_KAFKA__BOOTSTRAP_SERVERS (host:port), or run `llm-monitor demo`."
         )
-    k = settings.kafka
-    p = settings.pipeline
+    if "embed" in settings.roles and not settings.detectors.semantic_enabled:
+        raise ConfigError(
+            "roles includes 'embed' but no semantic detector is enabled. Fix: set "
+            "detectors.<toxicity|hallucination|injection|bias|drift>.enabled to true "
+            "(e.g. LLM_MONITOR_DETECTORS__TOXICITY__ENABLED=true) or drop the embed role."
+        )
+
+
+def faust_app(settings: Settings) -> faust.App:
+    """The faust app with our consumer, producer, table and web settings (and consumer fixes)."""
+    k, p = settings.kafka, settings.pipeline
     set_fetch_max_wait(k.fetch_max_wait_ms)
     seek_before_resume()
-    metrics = create_metrics(
-        registry or CollectorRegistry(), max_label_values=settings.metrics.max_label_values
-    )
-    app = faust.App(
+    return faust.App(
         app_id_for(settings),
-        broker=[f"kafka://{s.strip()}" for s in bootstrap.split(",")],
+        broker=[f"kafka://{s.strip()}" for s in str(k.bootstrap_servers).split(",")],
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_enabled=True,
@@ -82,41 +116,3 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         table_cleanup_interval=30.0,
         stream_wait_empty=False,
     )
-    app.monitor_metrics = metrics  # type: ignore[attr-defined]
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw", "partitions": k.partitions}  # fmt: skip
-    topics = {
-        name: app.topic(name, **raw)
-        for name in (
-            k.events_topic,
-            k.dlq_topic,
-            k.embed_topic,
-            k.scored_topic,
-            k.partials_topic,
-            k.windows_topic,
-            k.actions_topic,
-            k.control_topic,
-            k.policy_topic,
-        )  # fmt: skip
-    }
-    roles = settings.active_roles
-    semantic = settings.detectors.semantic_enabled
-    if "embed" in settings.roles and not semantic:
-        raise ConfigError(
-            "roles includes 'embed' but no semantic detector is enabled. Fix: set "
-            "detectors.<toxicity|hallucination|injection|bias|drift>.enabled to true "
-            "(e.g. LLM_MONITOR_DETECTORS__TOXICITY__ENABLED=true) or drop the embed role."
-        )
-    if "score" in roles:
-        add_score_role(app, settings, metrics, topics)
-    if "embed" in roles and semantic:
-        add_embed_role(app, settings, metrics, topics)
-    if "aggregate" in roles:
-        add_aggregate_role(app, settings, metrics, topics)
-    if "policy" in roles:
-        role = add_policy_role(app, settings, metrics, topics)
-        add_policy_api(app, role, api_token(settings))
-    if "sink" in roles:
-        add_sink_role(app, settings, metrics, topics)
-    add_views(app, settings, metrics)
-    return app

@@ -59,8 +59,8 @@ def observe_window(metrics: Metrics, stats: WindowStats, *, drift: bool = False)
         ("0.95", stats.latency_p95_ms),
         ("0.99", stats.latency_p99_ms),
     ):
-        if value is not None:
-            metrics.window_latency_ms.labels(*series, quantile).set(value)
+        if value is not None:  # the window keeps milliseconds; Prometheus wants seconds
+            metrics.window_latency_seconds.labels(*series, quantile).set(value / 1000)
     for detector, rate in stats.flag_rates.items():
         metrics.window_flag_rate.labels(*series, metrics.guard("detector", detector)).set(rate)
     for metric, value in stats.bias_disparity.items():

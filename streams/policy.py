@@ -33,6 +33,9 @@ from monitor.windows.stats import WindowStats
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL_S = 1.0
+# Rules the engine judges in milliseconds; their gauges are exported in base units.
+MILLISECOND_RULES = frozenset({"rollback.p99_latency"})
+MS_TO_SECONDS = 0.001
 
 _window = msgspec.msgpack.Decoder(WindowStats)
 _action = msgspec.json.Decoder(ActionRequest)
@@ -188,10 +191,11 @@ def export_policy_state(engine: PolicyEngine, policy: Policy, metrics: Metrics) 
     for (model, version, deployment), e in engine.latest():
         series = metrics.series(model, version, deployment)
         rule = metrics.guard("rule", e.rule)
+        scale = MS_TO_SECONDS if e.rule in MILLISECOND_RULES else 1.0
         for bound, value in (("value", e.bound.value), ("low", e.bound.low),
-                             ("high", e.bound.high), ("threshold", e.threshold),
-                             ("n", e.n)):  # fmt: skip
-            metrics.policy_rule.labels(*series, rule, bound).set(value)
+                             ("high", e.bound.high), ("threshold", e.threshold)):  # fmt: skip
+            metrics.policy_rule.labels(*series, rule, bound).set(value * scale)
+        metrics.policy_rule.labels(*series, rule, "n").set(e.n)
 
 
 class _Table(MutableMapping[str, str]):

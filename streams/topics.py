@@ -21,20 +21,19 @@ def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
 
+def stream_topics(kafka: KafkaSettings) -> tuple[str, ...]:
+    """The topics the roles read and write (table changelogs aside)."""
+    return (
+        kafka.events_topic, kafka.dlq_topic, kafka.embed_topic, kafka.scored_topic,
+        kafka.partials_topic, kafka.windows_topic, kafka.actions_topic, kafka.control_topic,
+        kafka.policy_topic,
+    )  # fmt: skip
+
+
 def pipeline_topics(kafka: KafkaSettings, app_ids: Sequence[str]) -> dict[str, int]:
-    """Every topic the pipeline uses, with its partition count."""
+    """Every topic the pipeline uses, changelogs of the given apps included, with partitions."""
     n = kafka.partitions
-    topics = {
-        kafka.events_topic: n,
-        kafka.dlq_topic: n,
-        kafka.embed_topic: n,
-        kafka.scored_topic: n,
-        kafka.partials_topic: n,
-        kafka.windows_topic: n,
-        kafka.actions_topic: n,
-        kafka.control_topic: n,
-        kafka.policy_topic: n,
-    }
+    topics = dict.fromkeys(stream_topics(kafka), n)
     for app_id in app_ids:
         topics[changelog_topic(app_id, "windows")] = n
         topics[changelog_topic(app_id, "killswitch")] = n

@@ -12,18 +12,47 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from detectors.embedding import EmbeddingService
-from monitor.config import KafkaSettings
+from monitor.config import KafkaSettings, Settings
 from monitor.devtools.broker import BundledBroker, free_port, start_broker
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.ingest.events import Event, decode_event
 from streams.topics import ensure_topics, pipeline_topics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+T = TypeVar("T")
+
+
+def poll(read: Callable[[], T], timeout_s: float, interval_s: float = 0.25) -> T:
+    """Call ``read`` until it returns something truthy or ``timeout_s`` passed: its last value.
+
+    The sleep here is the polling interval, never a guess at how long something takes to land.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval_s)
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    what: str,
+    timeout_s: float = 90.0,
+    interval_s: float = 0.25,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` (and ``detail()``) if it never does."""
+    if not poll(predicate, timeout_s, interval_s):
+        extra = f"\n{detail()}" if detail is not None else ""
+        raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{extra}")
 
 
 def decoded_event(request_id: str, **fields: object) -> Event:
@@ -98,22 +127,51 @@ class WorkerHarness:
         except OSError:
             return -1.0
 
+    @property
+    def group(self) -> str:
+        """The consumer group of these workers: one per role set (streams/app.py)."""
+        from streams.app import app_id_for
+
+        roles = json.loads(self.env_overrides.get("LLM_MONITOR_ROLES", '["all"]'))
+        return app_id_for(Settings(app_id=self.app_id, roles=roles))
+
     def uncommitted(self, topics: tuple[str, ...] = ("llm.events", "llm.scored")) -> int:
         """Messages on ``topics`` beyond the worker group's committed offsets, asked of the broker."""
-        return asyncio.run(group_lag(self.bootstrap, self.app_id, topics))
+        return asyncio.run(group_lag(self.bootstrap, self.group, topics))
 
-    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.data_dir / "worker.log"
+        return path.read_text()[-chars:] if path.exists() else "(no worker log)"
+
+    def wait_for(
+        self, predicate: Callable[[], object], timeout_s: float = 90.0, what: str = "condition"
+    ) -> None:
+        """Poll ``predicate``; fail at once if a worker dies, with the log tail on a timeout."""
+
+        def alive_and_done() -> object:
             for process in self.processes:
                 if process.poll() not in (None, 0, -9, -15):
-                    log = (self.data_dir / "worker.log").read_text()[-3000:]
-                    raise AssertionError(f"worker died ({process.returncode}):\n{log}")
-            if predicate():
-                return
-            time.sleep(0.25)
-        log = (self.data_dir / "worker.log").read_text()[-3000:]
-        raise AssertionError(f"condition not met within {timeout_s}s; worker log tail:\n{log}")
+                    raise AssertionError(f"worker died ({process.returncode}):\n{self.log_tail()}")
+            return predicate()
+
+        wait_until(
+            alive_and_done, what, timeout_s,
+            detail=lambda: f"worker log tail:\n{self.log_tail()}",
+        )  # fmt: skip
+
+    def wait_windows_stored(self, timeout_s: float = 90.0) -> None:
+        """Every changed window is published (the aggregator's pending gauge is zero) and every
+        published snapshot is stored. Call it once the aggregator has merged every event it is
+        waiting for."""
+
+        def published_and_stored() -> bool:
+            samples = scrape(self.metrics_url)
+            pending = metric_sum(samples, "llm_monitor_windows_pending")
+            emitted = metric_sum(samples, "llm_monitor_windows_emitted_total")
+            stored = metric_sum(samples, "llm_monitor_sink_rows_total", table="windows")
+            return pending == 0 and stored >= emitted > 0
+
+        self.wait_for(published_and_stored, timeout_s, "every changed window published and stored")
 
     def stop_all(self) -> None:
         for process in self.processes:

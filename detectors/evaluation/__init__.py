@@ -1,0 +1,1 @@
+"""Offline evaluation of the detectors on labelled data (never imported by workers)."""

@@ -1,0 +1,1 @@
+"""Offline training of the shipped detector heads (never imported by workers)."""

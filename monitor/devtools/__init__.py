@@ -1,0 +1,1 @@
+"""Tools around the monitor: the demo, traffic, the bundled broker, worker processes, probes."""

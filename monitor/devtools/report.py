@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -33,6 +34,73 @@ EXAMPLE_QUERIES = (
 )
 
 
+# The summary's plain tables, in the order printed: (title, columns, SQL).
+SUMMARY_TABLES: tuple[tuple[str, list[str], str], ...] = (
+    (
+        "Dead letters by reason",
+        ["reason", "count"],
+        "SELECT reason, count() FROM {db:Identifier}.dead_letters FINAL "
+        "GROUP BY reason ORDER BY 2 DESC",
+    ),
+    (
+        "Flags per detector",
+        ["detector", "category", "flagged", "events"],
+        "SELECT detector, category, countIf(flagged), count() "
+        "FROM {db:Identifier}.findings FINAL "
+        "GROUP BY detector, category ORDER BY detector, 3 DESC",
+    ),
+    (
+        "Per version",
+        ["model", "version", "deployment", "events", "error rate", "p50 ms", "p99 ms",
+         "pii leaks"],
+        "SELECT e.model, e.model_version, e.deployment, count(), "
+        "countIf(e.status IN ('error', 'timeout')) / count(), "
+        "quantile(0.5)(e.latency_ms), quantile(0.99)(e.latency_ms), "
+        "countIf(e.request_id IN (SELECT request_id FROM {db:Identifier}.findings FINAL "
+        "WHERE detector = 'pii' AND category = 'leak')) "
+        "FROM {db:Identifier}.events AS e FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC",
+    ),
+    (
+        "Worst windows (p99 latency / error rate, from the streaming aggregator)",
+        ["model", "version", "window start", "events", "error rate", "p99 ms"],
+        "SELECT model, model_version, window_start, events, error_rate, latency_p99_ms "
+        "FROM {db:Identifier}.windows FINAL ORDER BY greatest(error_rate * 10000, "
+        "ifNull(latency_p99_ms, 0)) DESC LIMIT 5",
+    ),
+    (
+        "Semantic detectors per version (flagged events)",
+        ["model", "version", "deployment", "toxicity", "hallucination", "injection", "drift"],
+        "SELECT model, model_version, deployment, "
+        "countIf(detector = 'toxicity' AND flagged), "
+        "countIf(detector = 'hallucination' AND flagged), "
+        "countIf(detector = 'injection' AND flagged), "
+        "countIf(detector = 'drift' AND flagged) "
+        "FROM {db:Identifier}.findings FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC",
+    ),
+    (
+        "Largest bias disparities (max − min across groups, 95 % bounds, final windows)",
+        ["model", "version", "window start", "metric", "disparity", "low", "high"],
+        "SELECT model, model_version, window_start, metric, bias_disparity[metric], "
+        "bias_low[metric], bias_high[metric] FROM {db:Identifier}.windows FINAL "
+        "ARRAY JOIN mapKeys(bias_disparity) AS metric WHERE is_final "
+        "ORDER BY bias_low[metric] DESC LIMIT 5",
+    ),
+)  # fmt: skip
+
+Rows = Callable[[str], list[Any]]
+
+
+def _rows(settings: Settings) -> Rows:
+    """A query function on the demo's database: SQL with ``{db:Identifier}`` in, rows out."""
+    client = connect(settings.storage_dsn)
+    db = settings.storage.database
+
+    def rows(sql: str) -> list[Any]:
+        return list(client.query(sql, parameters={"db": db}).result_rows)
+
+    return rows
+
+
 def _table(title: str, columns: list[str], rows: list[Any]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
@@ -49,99 +117,24 @@ def _fmt(value: Any) -> str:
 
 
 def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seconds: float) -> None:
-    db = settings.storage.database
-    client = connect(settings.storage_dsn)
+    """Totals, the summary tables, then where the data is and queries to try on it."""
+    rows = _rows(settings)
+    _print_totals(rows, sent, seconds)
+    for title, columns, sql in SUMMARY_TABLES:
+        console.print(_table(title, columns, rows(sql)))
+    _print_data(settings, metrics)
 
-    def rows(sql: str) -> list[Any]:
-        return list(client.query(sql, parameters={"db": db}).result_rows)
 
+def _print_totals(rows: Rows, sent: int, seconds: float) -> None:
     events = rows("SELECT count() FROM {db:Identifier}.events FINAL")[0][0]
     dead = rows("SELECT count() FROM {db:Identifier}.dead_letters FINAL")[0][0]
     console.print(
         f"\n[bold]{sent}[/] records in → [bold]{events}[/] events stored, "
         f"[bold]{dead}[/] dead letters ({seconds:.1f}s, {sent / max(seconds, 1e-9):,.0f} rec/s)"
     )
-    console.print(
-        _table(
-            "Dead letters by reason",
-            ["reason", "count"],
-            rows(
-                "SELECT reason, count() FROM {db:Identifier}.dead_letters FINAL "
-                "GROUP BY reason ORDER BY 2 DESC"
-            ),
-        )
-    )
-    console.print(
-        _table(
-            "Flags per detector",
-            ["detector", "category", "flagged", "events"],
-            rows(
-                "SELECT detector, category, countIf(flagged), count() "
-                "FROM {db:Identifier}.findings FINAL "
-                "GROUP BY detector, category ORDER BY detector, 3 DESC"
-            ),
-        )
-    )
-    console.print(
-        _table(
-            "Per version",
-            [
-                "model",
-                "version",
-                "deployment",
-                "events",
-                "error rate",
-                "p50 ms",
-                "p99 ms",
-                "pii leaks",
-            ],
-            rows(
-                "SELECT e.model, e.model_version, e.deployment, count(), "
-                "countIf(e.status IN ('error', 'timeout')) / count(), "
-                "quantile(0.5)(e.latency_ms), quantile(0.99)(e.latency_ms), "
-                "countIf(e.request_id IN (SELECT request_id FROM {db:Identifier}.findings FINAL "
-                "WHERE detector = 'pii' AND category = 'leak')) "
-                "FROM {db:Identifier}.events AS e FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC"
-            ),
-        )
-    )
-    console.print(
-        _table(
-            "Worst windows (p99 latency / error rate, from the streaming aggregator)",
-            ["model", "version", "window start", "events", "error rate", "p99 ms"],
-            rows(
-                "SELECT model, model_version, window_start, events, error_rate, latency_p99_ms "
-                "FROM {db:Identifier}.windows FINAL ORDER BY greatest(error_rate * 10000, "
-                "ifNull(latency_p99_ms, 0)) DESC LIMIT 5"
-            ),
-        )
-    )
-    console.print(
-        _table(
-            "Semantic detectors per version (flagged events)",
-            ["model", "version", "deployment", "toxicity", "hallucination", "injection", "drift"],
-            rows(
-                "SELECT model, model_version, deployment, "
-                "countIf(detector = 'toxicity' AND flagged), "
-                "countIf(detector = 'hallucination' AND flagged), "
-                "countIf(detector = 'injection' AND flagged), "
-                "countIf(detector = 'drift' AND flagged) "
-                "FROM {db:Identifier}.findings FINAL GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC"
-            ),
-        )
-    )
-    console.print(
-        _table(
-            "Largest bias disparities (max − min across groups, 95 % bounds, final windows)",
-            ["model", "version", "window start", "metric", "disparity", "low", "high"],
-            rows(
-                "SELECT model, model_version, window_start, metric, bias_disparity[metric], "
-                "bias_low[metric], bias_high[metric] FROM {db:Identifier}.windows FINAL "
-                "ARRAY JOIN mapKeys(bias_disparity) AS metric WHERE is_final "
-                "ORDER BY bias_low[metric] DESC LIMIT 5"
-            ),
-        )
-    )
+
+
+def _print_data(settings: Settings, metrics: dict[str, float]) -> None:
     e2e = metrics.get("llm_monitor_end_to_end_seconds_count{}", 0.0)
     console.print(
         f"end-to-end latency samples: {e2e:.0f} (histogram llm_monitor_end_to_end_seconds)"
@@ -156,12 +149,7 @@ def print_summary(settings: Settings, metrics: dict[str, float], sent: int, seco
 
 def print_actions(settings: Settings, receiver: Receiver) -> None:
     """What the policy did: acting decisions, webhook deliveries, kill switches, incidents."""
-    client = connect(settings.storage_dsn)
-    db = settings.storage.database
-
-    def rows(sql: str) -> list[Any]:
-        return list(client.query(sql, parameters={"db": db}).result_rows)
-
+    rows = _rows(settings)
     console.print(
         _table(
             "Policy decisions that acted (and the ones held back)",

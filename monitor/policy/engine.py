@@ -47,7 +47,8 @@ def now_ms() -> int:
 
 @dataclass
 class Merged:
-    """A series' newest windows, merged: what the rules look at."""
+    """Windows merged: a series' newest ones are what the rules look at; a canary stage's ones
+    are the span of its promotion."""
 
     events: int = 0
     errors: int = 0
@@ -133,6 +134,29 @@ def incident_id_for(key: str) -> str:
     return "inc-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def action_request(
+    action: str, series: Series, key: str, at: int, rule: str, reason: str, *,
+    incident_id: str = "", decision: Decision | None = None, stage: str = "",
+    traffic_percent: float | None = None,
+) -> ActionRequest:  # fmt: skip
+    """The webhook request for ``action`` on ``series``: every action is built here."""
+    model, version, deployment = series
+    return ActionRequest(
+        action=action,
+        idempotency_key=key,
+        created_at_ms=at,
+        model=model,
+        model_version=version,
+        deployment=deployment,
+        rule=rule,
+        reason=reason,
+        incident_id=incident_id,
+        decision=decision,
+        stage=stage,
+        traffic_percent=traffic_percent,
+    )
+
+
 class PolicyEngine:
     """Decides from window snapshots; holds per-series windows and per-rule states."""
 
@@ -178,9 +202,11 @@ class PolicyEngine:
         model_version: str = "",
         rule: str = "manual",
         idempotency_key: str = "",
+        decision: Decision | None = None,
     ) -> EngineOutput:
         """Engage or release; returns the state change and the kill/resume action, or nothing
-        when the switch is already in that position (engaging twice does not fire twice)."""
+        when the switch is already in that position (engaging twice does not fire twice).
+        ``decision`` is the policy decision that engages it, sent along with the kill."""
         current = self.kill_state(model, deployment)
         if current is not None and current.engaged == engage:
             return EngineOutput()
@@ -201,26 +227,15 @@ class PolicyEngine:
             idempotency_key=key,
         )
         self.killswitch_store[state.key] = msgspec.json.encode(state).decode()
+        series = (model, model_version, deployment)
         out = EngineOutput(killswitch=[state])
         out.actions.append(
-            ActionRequest(
-                action=action,
-                idempotency_key=key,
-                created_at_ms=at,
-                model=model,
-                model_version=model_version,
-                deployment=deployment,
-                rule=rule,
-                reason=reason,
-                incident_id=incident,
+            action_request(
+                action, series, key, at, rule, reason, incident_id=incident, decision=decision
             )
         )
         if engage:
-            out.incidents.append(
-                self._incident(
-                    incident, action, rule, (model, model_version, deployment), at, reason, key
-                )
-            )
+            out.incidents.append(self._incident(incident, action, rule, series, at, reason, key))
         return out
 
     def _incident(
@@ -292,50 +307,35 @@ class PolicyEngine:
         ):
             return EngineOutput()
         self._stage[series] = index + 1
-        first_window, stage_windows = min(seen), len(seen)
-        seen.clear()
-        at = self._clock()
-        key = f"promote:{model}:{version}:{deployment}:{following.name}"
-        decision = Decision(
-            idempotency_key=key,
-            decided_at_ms=at,
-            rule=f"stage.{following.name}",
-            action="promote",
-            outcome="dry_run" if self.policy.dry_run else "fire",
-            model=model,
-            model_version=version,
-            deployment=deployment,
-            observed=bound.value,
-            bound_low=bound.low,
-            bound_high=bound.high,
-            threshold=current.max_error_rate,
-            n=events,
-            window_start_ms=first_window,
+        span = Merged(
+            events=events,
+            errors=errors,
+            window_start_ms=min(seen),
             window_end_ms=stats.window_end_ms,
-            windows=stage_windows,
-            confidence=self.policy.confidence,
-            dry_run=self.policy.dry_run,
-            detail=f"{current.name} -> {following.name} at {following.traffic_percent}%",
+            windows=len(seen),
         )
+        seen.clear()
+        e = Evaluation(
+            f"stage.{following.name}", "promote", bound, current.max_error_rate, events,
+            current.min_events,
+            detail=f"{current.name} -> {following.name} at {following.traffic_percent}%",
+        )  # fmt: skip
+        key = f"promote:{model}:{version}:{deployment}:{following.name}"
+        outcome = "dry_run" if self.policy.dry_run else "fire"
+        decision = self._decision(series, e, span, key, outcome)
         out = EngineOutput(decisions=[decision])
         if not self.policy.dry_run:
-            out.actions.append(
-                ActionRequest(
-                    action="promote",
-                    idempotency_key=key,
-                    created_at_ms=at,
-                    model=model,
-                    model_version=version,
-                    deployment=deployment,
-                    rule=decision.rule,
-                    reason=f"{decision.detail}: {events} events, error rate upper bound "
-                    f"{bound.high:.4f} < {current.max_error_rate}",
-                    incident_id="",
-                    decision=decision,
-                    stage=following.name,
-                    traffic_percent=following.traffic_percent,
-                )
+            reason = (
+                f"{decision.detail}: {events} events, error rate upper bound "
+                f"{bound.high:.4f} < {current.max_error_rate}"
             )
+            at = decision.decided_at_ms
+            out.actions.append(
+                action_request(
+                    "promote", series, key, at, e.rule, reason, decision=decision,
+                    stage=following.name, traffic_percent=following.traffic_percent,
+                )
+            )  # fmt: skip
         return out
 
     def _evaluate(self, series: Series, m: Merged) -> Iterator[Evaluation]:
@@ -436,9 +436,24 @@ class PolicyEngine:
         return [(series, e) for (series, _), e in self._latest.items()]
 
     def _transition(self, series: Series, m: Merged, e: Evaluation) -> EngineOutput:
+        """Record a decision when the rule's verdict changes; act on one that fires."""
         self._latest[(series, e.rule)] = e
         state = self._rules.setdefault((series, e.rule), RuleState())
-        out = EngineOutput()
+        outcome = self._next_outcome(state, m, e)
+        if outcome is None or outcome == state.last_outcome:
+            return EngineOutput()
+        state.last_outcome = outcome
+        model, version, deployment = series
+        key = f"{e.action}:{model}:{version}:{deployment}:{e.rule}:{state.episode_ms}"
+        decision = self._decision(series, e, m, key, self._recorded(series, e.action, outcome))
+        out = EngineOutput(decisions=[decision])
+        if decision.outcome == "fire":
+            out.extend(self._act(series, e, decision))
+        return out
+
+    def _next_outcome(self, state: RuleState, m: Merged, e: Evaluation) -> str | None:
+        """The rule's verdict on ``m``, updating its firing state; None when there is no news
+        (still firing, or evidence older than the last resolution)."""
         if state.firing:
             # Firing stays firing (missing data changes nothing) until newer windows are
             # conclusively below the recovery threshold.
@@ -448,38 +463,44 @@ class PolicyEngine:
                 and m.window_end_ms > state.episode_end_ms
             )
             if not resolved:
-                return out
+                return None
             state.firing, state.resolved_end_ms = False, m.window_end_ms
-            outcome = "resolved"
-        elif not e.conclusive:
-            outcome = "inconclusive"
-        elif e.over():
-            if m.window_end_ms <= state.resolved_end_ms:
-                return out  # windows older than the last resolution: history, not news
-            state.firing, state.episode_ms = True, m.window_start_ms
-            state.episode_end_ms = m.window_end_ms
-            outcome = "fire"
-        else:
-            outcome = "healthy"
-        if outcome == state.last_outcome:
-            return out
-        state.last_outcome = outcome
+            return "resolved"
+        if not e.conclusive:
+            return "inconclusive"
+        if not e.over():
+            return "healthy"
+        if m.window_end_ms <= state.resolved_end_ms:
+            return None  # windows older than the last resolution: history, not news
+        state.firing, state.episode_ms = True, m.window_start_ms
+        state.episode_end_ms = m.window_end_ms
+        return "fire"
+
+    def _recorded(self, series: Series, action: str, outcome: str) -> str:
+        """The outcome to record: a fire that must not act is recorded as why (dry run, a
+        rollback under an engaged kill switch, a running cooldown)."""
+        if outcome != "fire":
+            return outcome
+        model, _, deployment = series
+        if self.policy.dry_run:
+            return "dry_run"
+        if action == "rollback" and self.engaged(model, deployment):
+            return "suppressed"
+        if self._cooling(series, action):
+            return "cooldown"
+        return outcome
+
+    def _decision(
+        self, series: Series, e: Evaluation, span: Merged, key: str, outcome: str
+    ) -> Decision:
+        """The decision on ``e`` over the windows of ``span``, decided now."""
         model, version, deployment = series
-        key = f"{e.action}:{model}:{version}:{deployment}:{e.rule}:{state.episode_ms}"
-        recorded = outcome
-        acting = outcome == "fire"
-        if acting and self.policy.dry_run:
-            recorded, acting = "dry_run", False
-        elif acting and e.action == "rollback" and self.engaged(model, deployment):
-            recorded, acting = "suppressed", False
-        elif acting and self._cooling(series, e.action):
-            recorded, acting = "cooldown", False
-        decision = Decision(
+        return Decision(
             idempotency_key=key,
             decided_at_ms=self._clock(),
             rule=e.rule,
             action=e.action,
-            outcome=recorded,
+            outcome=outcome,
             model=model,
             model_version=version,
             deployment=deployment,
@@ -488,58 +509,37 @@ class PolicyEngine:
             bound_high=float(e.bound.high),
             threshold=float(e.threshold),
             n=e.n,
-            window_start_ms=m.window_start_ms,
-            window_end_ms=m.window_end_ms,
-            windows=m.windows,
+            window_start_ms=span.window_start_ms,
+            window_end_ms=span.window_end_ms,
+            windows=span.windows,
             confidence=self.policy.confidence,
             dry_run=self.policy.dry_run,
             detail=e.detail,
         )
-        out.decisions.append(decision)
-        if not acting:
-            return out
+
+    def _act(self, series: Series, e: Evaluation, decision: Decision) -> EngineOutput:
+        """A firing decision's action: a kill engages the kill switch; a rollback is sent with
+        its incident. Starts the cooldown of the action on this series."""
         self._last_action_ms[(*series, e.action)] = decision.decided_at_ms
+        key, at = decision.idempotency_key, decision.decided_at_ms
         reason = (
             f"{e.rule}: observed {e.bound.value:.4g}, bound {e.bound.low:.4g} > "
             f"threshold {e.threshold:.4g} (n={e.n})"
         )
         if e.action == "kill":
-            out.extend(
-                self.set_kill(
-                    model,
-                    deployment,
-                    engage=True,
-                    reason=reason,
-                    actor="policy",
-                    model_version=version,
-                    rule=e.rule,
-                    idempotency_key=key,
-                )
-            )
-            for action in out.actions:
-                action.decision = decision
-            return out
+            model, version, deployment = series
+            return self.set_kill(
+                model, deployment, engage=True, reason=reason, actor="policy",
+                model_version=version, rule=e.rule, idempotency_key=key, decision=decision,
+            )  # fmt: skip
         incident = incident_id_for(key)
-        out.actions.append(
-            ActionRequest(
-                action="rollback",
-                idempotency_key=key,
-                created_at_ms=decision.decided_at_ms,
-                model=model,
-                model_version=version,
-                deployment=deployment,
-                rule=e.rule,
-                reason=reason,
-                incident_id=incident,
-                decision=decision,
-            )
+        request = action_request(
+            "rollback", series, key, at, e.rule, reason, incident_id=incident, decision=decision
         )
-        out.incidents.append(
-            self._incident(
-                incident, "rollback", e.rule, series, decision.decided_at_ms, reason, key
-            )
+        return EngineOutput(
+            actions=[request],
+            incidents=[self._incident(incident, "rollback", e.rule, series, at, reason, key)],
         )
-        return out
 
     def _cooling(self, series: Series, action: str) -> bool:
         last = self._last_action_ms.get((*series, action))

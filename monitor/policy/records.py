@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import msgspec
 
+from monitor.storage.columns import EpochMs
+
 
 class Decision(msgspec.Struct, kw_only=True):
     """One rule's verdict on one series, recorded when the verdict changes."""
 
     idempotency_key: str
-    decided_at_ms: int
+    decided_at_ms: EpochMs
     rule: str
     action: str  # rollback | kill | none
     outcome: str  # fire | resolved | inconclusive | healthy | cooldown | suppressed | dry_run
@@ -23,8 +25,8 @@ class Decision(msgspec.Struct, kw_only=True):
     bound_high: float
     threshold: float
     n: int
-    window_start_ms: int
-    window_end_ms: int
+    window_start_ms: EpochMs
+    window_end_ms: EpochMs
     windows: int
     confidence: float
     dry_run: bool
@@ -59,7 +61,7 @@ class ActionAttempt(msgspec.Struct, kw_only=True):
     action: str
     url: str
     attempt: int
-    at_ms: int
+    at_ms: EpochMs
     status_code: int
     error: str
     latency_ms: float
@@ -72,7 +74,7 @@ class KillSwitchState(msgspec.Struct, kw_only=True):
     engaged: bool
     reason: str
     actor: str  # policy | api | cli
-    changed_at_ms: int
+    changed_at_ms: EpochMs
     incident_id: str = ""
     idempotency_key: str = ""
 
@@ -84,7 +86,7 @@ class KillSwitchState(msgspec.Struct, kw_only=True):
 class AuditEntry(msgspec.Struct, kw_only=True):
     """Every call to the kill-switch API, allowed or not. Never holds the token."""
 
-    at_ms: int
+    at_ms: EpochMs
     remote: str
     method: str
     path: str
@@ -97,14 +99,14 @@ class Incident(msgspec.Struct, kw_only=True):
     """Opened by a decision that acts; its evidence is copied out of the TTL'd tables."""
 
     incident_id: str
-    opened_at_ms: int
+    opened_at_ms: EpochMs
     action: str
     rule: str
     model: str
     model_version: str
     deployment: str
-    evidence_from_ms: int
-    evidence_to_ms: int
+    evidence_from_ms: EpochMs
+    evidence_to_ms: EpochMs
     summary: str
     idempotency_key: str = ""
 

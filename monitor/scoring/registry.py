@@ -1,5 +1,8 @@
 """Every detector, built in one place from config: the cheap ones for the ``score`` role, the
-embedding-backed ones (and the embedding service they share) for the ``embed`` role.
+embedding-backed ones (and the embedding service they share) for the ``embed`` role, and both
+together (``build_detectors``) for whoever needs the full set, such as the contract tests.
+
+The stateful drift monitors (monitor/windows/drift.py) are not batch detectors: not built here.
 """
 
 from __future__ import annotations
@@ -70,4 +73,12 @@ def build_registry(settings: Settings) -> DetectorRegistry:
         registry.register(PiiDetector(PiiScanner(cfg.pii.types)))
     if cfg.latency_errors.enabled:
         registry.register(LatencyErrorsDetector(slow_ms=cfg.latency_errors.slow_ms))
+    return registry
+
+
+def build_detectors(settings: Settings, embeddings: EmbeddingService) -> DetectorRegistry:
+    """Every detector the config enables: the cheap ones, then the embedding-backed ones."""
+    registry = build_registry(settings)
+    for detector in build_semantic_detectors(settings.detectors, embeddings):
+        registry.register(detector)
     return registry

@@ -10,14 +10,15 @@ import msgspec
 
 from detectors.base import Finding
 from monitor.ingest.events import Event
+from monitor.storage.columns import EpochMs
 
 
 class EventRow(msgspec.Struct, kw_only=True):
     """An event as persisted: text columns already redacted unless redaction is off."""
 
     request_id: str
-    event_time_ms: int
-    produced_at_ms: int
+    event_time_ms: EpochMs
+    produced_at_ms: EpochMs
     model: str
     model_version: str
     deployment: str
@@ -46,7 +47,7 @@ class FindingRow(msgspec.Struct, kw_only=True):
     """A finding with the event's series and time, so findings can be queried on their own."""
 
     finding: Finding
-    event_time_ms: int
+    event_time_ms: EpochMs
     model: str
     model_version: str
     deployment: str

@@ -109,8 +109,10 @@ class Sink:
                 writer = await self.open()
                 rows = await asyncio.to_thread(writer.copy_evidence, incident)
             log.info("incident %s: %d evidence rows preserved", incident.incident_id, rows)
+            self.metrics.incident_evidence.labels("copied").inc()
         except Exception:  # `llm-monitor incident report` copies again if this failed
             log.exception("incident %s: evidence copy failed", incident.incident_id)
+            self.metrics.incident_evidence.labels("failed").inc()
 
     def _insert(self, writer: ClickHouseWriter, kind: str, values: Sequence[bytes]) -> None:
         tables: list[tuple[str, Callable[[], int]]]

@@ -8,6 +8,7 @@ when it opens, before it inserts anything new.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ class Spool:
     def save(self, kind: str, values: Sequence[bytes]) -> Path:
         """Write one batch; the file appears whole or not at all (written, then renamed)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{kind}-{uuid.uuid4().hex}.msgpack"
+        name = f"{time.time_ns():020d}-{kind}-{uuid.uuid4().hex}.msgpack"  # sorts by save time
         partial = self.directory / f".{name}.tmp"
         partial.write_bytes(msgspec.msgpack.encode(SpoolEntry(kind, list(values))))
         path = self.directory / name
@@ -42,7 +43,7 @@ class Spool:
         return path
 
     def entries(self) -> Iterator[tuple[Path, SpoolEntry]]:
-        """Every saved batch, oldest name first; remove each once it is stored."""
+        """Every saved batch, oldest first; remove each once it is stored."""
         if not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob("*.msgpack")):

@@ -1,0 +1,1 @@
+"""Windows: mergeable per-series window statistics, their aggregation, and drift monitors."""

@@ -19,6 +19,7 @@ from ddsketch.pb.proto import DDSketchProto
 from detectors.base import Finding
 from detectors.bias import group_disparities
 from monitor.ingest.events import Event
+from monitor.storage.columns import EpochMs
 
 RELATIVE_ACCURACY: Final = 0.01
 
@@ -107,8 +108,8 @@ class WindowStats(msgspec.Struct, kw_only=True):
     model: str
     model_version: str
     deployment: str
-    window_start_ms: int
-    window_end_ms: int
+    window_start_ms: EpochMs
+    window_end_ms: EpochMs
     events: int
     errors: int
     timeouts: int

@@ -8,10 +8,10 @@ import asyncio
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -25,7 +25,7 @@ from monitor.devtools.generate import generate_events
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.storage.client import connect
-from tests.conftest import WorkerHarness
+from tests.conftest import WorkerHarness, poll, wait_until
 from tests.e2e.test_pipeline_e2e import stored
 from tests.e2e.test_semantic_e2e import SEMANTIC
 
@@ -93,15 +93,29 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
     workers.start()
     try:
         asyncio.run(produce(workers.bootstrap, "llm.events", records))
-        workers.wait_for(lambda: stored(workers) >= 5900, timeout_s=240)
+        workers.wait_for(lambda: stored(workers) >= 5900, timeout_s=240, what="5900 events stored")
         workers.wait_for(
             lambda: workers.metric("llm_monitor_embed_batch_events_sum") >= stored(workers),
             timeout_s=240,
+            what="every stored event through the embed role",
         )
-        wait_for_series(prometheus, "llm_monitor_drift_signals_total", 60)
+        wait_until(
+            lambda: promql(prometheus, "llm_monitor_drift_signals_total"),
+            "Prometheus to scrape llm_monitor_drift_signals_total",
+            timeout_s=60,
+            interval_s=1.0,
+        )
         # one refused kill-switch call, so the audit log has a row (no token: API disabled)
         assert httpx.get(f"http://127.0.0.1:{workers.port}/killswitch").status_code == 503
-        time.sleep(5.0)  # a few more scrapes, so rate() has two samples everywhere
+        refused = 'llm_monitor_killswitch_api_calls_total{outcome="disabled"}'
+        # rate() and increase() need two samples: of every series, and of that call's count.
+        wait_until(
+            lambda: not short_series(prometheus) and samples_at_least(prometheus, refused, 1) >= 2,
+            "two samples of every llm_monitor series in Prometheus, the refused call counted",
+            timeout_s=60,
+            interval_s=1.0,
+            detail=lambda: f"fewer than two samples: {short_series(prometheus)}",
+        )
 
         queries = [q for name, board in build_all().items() for q in panel_queries(name, board)]
         prom_queries = [q for q in queries if q.kind == "promql"]
@@ -119,9 +133,9 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
                 if not promql(prometheus, f'count({{__name__="{metric}"}})'):
                     missing.append(f"{rule['alert']}: {metric}")
         assert missing == [], "alert rules reading series that do not exist:\n" + "\n".join(missing)
-        firing = {a["labels"]["alertname"] for a in httpx.get(
-            f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]}  # fmt: skip
-        assert {"LLMMonitorKillSwitchEngaged", "LLMMonitorPIILeak"} <= firing
+        expected = {"LLMMonitorKillSwitchEngaged", "LLMMonitorPIILeak"}
+        poll(lambda: expected <= alerts(prometheus), 30, interval_s=1.0)
+        assert expected <= alerts(prometheus)
     finally:
         workers.stop_all()
         receiver.stop()
@@ -145,17 +159,28 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
 
 
 def eventually(prometheus: str, expr: str, timeout_s: float) -> list[object]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = promql(prometheus, expr)
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(1.0)
+    """The query's result once it has one, or its empty result after ``timeout_s``."""
+    return poll(lambda: promql(prometheus, expr), timeout_s, interval_s=1.0)
 
 
-def wait_for_series(prometheus: str, metric: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if promql(prometheus, metric):
-            return
-        time.sleep(1.0)
+def alerts(prometheus: str) -> set[str]:
+    """The names of the alerts Prometheus reports (pending or firing)."""
+    response = httpx.get(f"{prometheus}/api/v1/alerts", timeout=30).json()
+    return {a["labels"]["alertname"] for a in response["data"]["alerts"]}
+
+
+def raw_samples(prometheus: str, selector: str, range_s: int = 60) -> list[dict[str, Any]]:
+    """Each series ``selector`` picks with its raw samples over the last ``range_s``."""
+    return cast(list[dict[str, Any]], promql(prometheus, f"{selector}[{range_s}s]"))
+
+
+def short_series(prometheus: str) -> list[str]:
+    """The llm_monitor series with fewer than two samples in the last minute."""
+    series = raw_samples(prometheus, '{__name__=~"llm_monitor_.+"}')
+    return [str(s["metric"]) for s in series if len(s["values"]) < 2]
+
+
+def samples_at_least(prometheus: str, selector: str, value: float) -> int:
+    """How many samples of the series ``selector`` picks, in the last minute, are >= value."""
+    series = raw_samples(prometheus, selector)
+    return sum(1 for s in series for _, v in s["values"] if float(v) >= value)

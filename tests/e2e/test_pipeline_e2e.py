@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from typing import Any
 
@@ -63,9 +62,10 @@ def test_golden_path(workers: WorkerHarness) -> None:
             stored(workers) >= valid
             and workers.metric("llm_monitor_sink_rows_total", table="dead_letters") >= bad
             and workers.metric("llm_monitor_aggregate_events_total") >= valid
-        )
+        ),
+        what=f"{valid} events stored, {bad} dead letters stored and {valid} events aggregated",
     )
-    time.sleep(2.0)  # the last window snapshots are emitted every 0.5 s
+    workers.wait_windows_stored()  # the snapshots of the windows the last events changed
     assert workers.metric("llm_monitor_events_received_total") == len(records)
     assert workers.metric("llm_monitor_events_valid_total") == valid
     for reason, count in reasons.items():
@@ -102,9 +102,9 @@ def test_replay_does_not_duplicate_rows(workers: WorkerHarness) -> None:
     records = list(generate_events(800, seed=5, bad_fraction=0.0))
     workers.start()
     asyncio.run(produce(workers.bootstrap, "llm.events", records))
-    workers.wait_for(lambda: stored(workers) >= 800)
+    workers.wait_for(lambda: stored(workers) >= 800, what="800 events stored")
     asyncio.run(produce(workers.bootstrap, "llm.events", records))
-    workers.wait_for(lambda: stored(workers) >= 1600)
+    workers.wait_for(lambda: stored(workers) >= 1600, what="the replayed 800 stored again")
     workers.stop_all()
     assert scalar(workers, "SELECT count() FROM llm_monitor.events FINAL") == 800
     assert scalar(workers, "SELECT uniqExact(request_id) FROM llm_monitor.events") == 800
@@ -119,6 +119,7 @@ def produce_paced(
     async def run() -> None:
         for i in range(0, len(records), chunk):
             await produce(bootstrap, "llm.events", records[i : i + chunk])
+            # Pacing on purpose, not waiting for anything: a producer slower than the worker.
             await asyncio.sleep(pause_s)
 
     asyncio.run(run())
@@ -133,12 +134,12 @@ def test_restart_mid_stream_keeps_every_event_exactly_once(workers: WorkerHarnes
         "LLM_MONITOR_PIPELINE__SINK_BATCH_SIZE": "2",
     })  # fmt: skip
     first = workers.start()
-    workers.wait_for(workers.ready)
+    workers.wait_for(workers.ready, what="the worker ready")
     producer = threading.Thread(
         target=produce_paced, args=(workers.bootstrap, records, 200, 0.4), daemon=True
     )
     producer.start()
-    workers.wait_for(lambda: stored(workers) >= 600)
+    workers.wait_for(lambda: stored(workers) >= 600, what="600 events stored")
     before = stored(workers)
     first.send_signal(signal.SIGKILL)  # no graceful shutdown, no final commit
     first.wait()
@@ -148,7 +149,9 @@ def test_restart_mid_stream_keeps_every_event_exactly_once(workers: WorkerHarnes
     # The new worker re-inserts what the killed one stored but had not committed, so its own
     # row count overshoots: wait until the broker says every offset is committed instead
     # (the sink commits only after the insert succeeded).
-    workers.wait_for(lambda: workers.uncommitted() == 0, timeout_s=120)
+    workers.wait_for(
+        lambda: workers.uncommitted() == 0, timeout_s=120, what="every offset committed"
+    )
     workers.stop_all()
     assert scalar(workers, "SELECT count() FROM llm_monitor.events FINAL") == 6000
     assert scalar(workers, "SELECT uniqExact(request_id) FROM llm_monitor.events") == 6000

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,11 @@ import yaml
 
 from monitor.client import produce
 from monitor.devtools.generate import generate_events
+from monitor.devtools.worker import metric_sum, scrape
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
-from tests.conftest import WorkerHarness
-from tests.e2e.test_pipeline_e2e import query, scalar
+from tests.conftest import WorkerHarness, wait_until
+from tests.e2e.test_pipeline_e2e import query, scalar, split, stored
 
 pytestmark = pytest.mark.e2e
 SECRET = "e2e-webhook-secret-0123456789abcdef"  # noqa: S105 - test fixture
@@ -51,24 +51,45 @@ def configure(workers: WorkerHarness, url: str, tmp_path: Path) -> None:
     })  # fmt: skip
 
 
-def wait(predicate: object, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
-
-
 def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
     workers: WorkerHarness, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
     r, url = receiver
     configure(workers, url, tmp_path)
+    records = list(generate_events(6000, seed=4))
+    valid, _ = split(records)
     workers.start()
-    asyncio.run(produce(workers.bootstrap, "llm.events", list(generate_events(6000, seed=4))))
-    wait(lambda: {"rollback", "kill"} <= {d.event for d in r.deliveries})
-    time.sleep(7.0)  # attempts and incidents stored; evidence copied 5 s after an incident
+    asyncio.run(produce(workers.bootstrap, "llm.events", records))
+    wait_until(
+        lambda: {"rollback", "kill"} <= {d.event for d in r.deliveries},
+        "a rollback and a kill webhook delivered",
+    )
+    workers.wait_for(lambda: stored(workers) >= valid, what=f"{valid} events stored")
+    workers.wait_windows_stored()  # the windows every policy decision is taken on
+    # Decisions taken, their actions dispatched, and every record of them stored: the group
+    # commits windows once decided on, actions once delivered, policy records once stored.
+    workers.wait_for(
+        lambda: (
+            workers.metric("llm_monitor_webhook_attempts_total", outcome="delivered")
+            >= len(r.deliveries)
+            and workers.uncommitted(("llm.windows", "llm.actions", "llm.policy")) == 0
+        ),
+        what="every webhook attempt recorded and every policy record stored",
+    )
+
+    incident = next(d.body["incident_id"] for d in r.deliveries if d.event == "kill")
+
+    # Every rollback and kill opens an incident; the sink copies its evidence
+    # EVIDENCE_DELAY_S after storing it, and counts the copy.
+    def evidence_copied() -> bool:
+        opened = sum(
+            workers.metric("llm_monitor_actions_total", action=a) for a in ("rollback", "kill")
+        )
+        copied = workers.metric("llm_monitor_incident_evidence_copies_total", outcome="copied")
+        return copied >= opened > 0
+
+    workers.wait_for(evidence_copied, timeout_s=60, what="every incident's evidence copied")
+    assert workers.metric("llm_monitor_incident_evidence_copies_total", outcome="failed") == 0
     workers.stop_all()
     assert r.refused == []  # every delivery carried a valid signature
     rollbacks = {(d.body["rule"], d.body["deployment"]) for d in r.deliveries
@@ -87,7 +108,6 @@ def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
     assert all(row["n"] >= 1 for row in fired)
     assert scalar(workers, "SELECT countIf(outcome = 'delivered') FROM llm_monitor.actions "
                   "FINAL") == len(r.deliveries)  # fmt: skip
-    incident = kills[0]["incident_id"]
     evidence = query(workers, "SELECT incident_id, kind, count() AS n FROM "
                      "llm_monitor.incident_evidence FINAL GROUP BY incident_id, kind")  # fmt: skip
     assert {(e["incident_id"], e["kind"]) for e in evidence if e["n"] > 0} >= {
@@ -111,13 +131,32 @@ def api(
                          timeout=15)  # fmt: skip
 
 
+def policy_rows_stored(workers: WorkerHarness, delivered: str) -> bool:
+    """Whether the running worker has stored every policy row it produced, its ``delivered``
+    webhook attempt included. With no traffic, each kill-switch API call is one audit row,
+    each webhook attempt one attempt row and each kill or resume one kill-switch row."""
+    try:
+        samples = scrape(workers.metrics_url)
+    except OSError:
+        return False
+    produced = sum(metric_sum(samples, name) for name in (
+        "llm_monitor_killswitch_api_calls_total", "llm_monitor_webhook_attempts_total",
+        "llm_monitor_actions_total"))  # fmt: skip
+    attempts = metric_sum(
+        samples, "llm_monitor_webhook_attempts_total", action=delivered, outcome="delivered"
+    )
+    rows = metric_sum(samples, "llm_monitor_sink_rows_total", table="policy")
+    # Rows are committed once stored: nothing left on the topic means nothing in flight.
+    return attempts >= 1 and rows >= produced and workers.uncommitted(("llm.policy",)) == 0
+
+
 def test_kill_switch_api_auth_audit_and_restart(
     workers: WorkerHarness, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
     r, url = receiver
     configure(workers, url, tmp_path)
     first = workers.start()
-    workers.wait_for(workers.ready)
+    workers.wait_for(workers.ready, what="the worker ready")
     port = workers.port
     assert api("GET", port, "/killswitch", None).status_code == 401
     assert api("GET", port, "/killswitch", "wrong-token-0123456789").status_code == 401
@@ -134,19 +173,24 @@ def test_kill_switch_api_auth_audit_and_restart(
     gate = api("POST", port, "/flagger/gate", None,
                {"name": "support-bot", "metadata": {"deployment": "canary"}})  # fmt: skip
     assert gate.status_code == 503 and "kill switch" in gate.text
-    wait(lambda: [d.event for d in r.deliveries] == ["kill"])
+    wait_until(lambda: [d.event for d in r.deliveries] == ["kill"], "the kill webhook delivered")
+    workers.wait_for(lambda: policy_rows_stored(workers, "kill"), what="the policy rows stored")
 
     first.terminate()
     first.wait(timeout=60)
     workers.processes.clear()
     workers.start()
-    workers.wait_for(workers.ready)
+    workers.wait_for(workers.ready, what="the restarted worker ready")
     states = api("GET", port, "/killswitch", TOKEN).json()["states"]
     assert [(s["model"], s["engaged"]) for s in states] == [("support-bot", True)]
     released = api("POST", port, "/killswitch/release", TOKEN, target)
     assert released.status_code == 200 and released.json()["state"]["engaged"] is False
-    wait(lambda: [d.event for d in r.deliveries] == ["kill", "resume"])
-    time.sleep(2.0)
+    wait_until(
+        lambda: [d.event for d in r.deliveries] == ["kill", "resume"],
+        "the resume webhook delivered",
+    )
+    # The audit entry of the release call was once still in flight here after a fixed 2 s.
+    workers.wait_for(lambda: policy_rows_stored(workers, "resume"), what="the policy rows stored")
     workers.stop_all()
     audit = query(
         workers, "SELECT outcome, count() AS n FROM llm_monitor.audit_log FINAL GROUP BY outcome"

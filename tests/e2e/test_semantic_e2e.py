@@ -4,7 +4,6 @@ score, aggregate and sink: semantic findings reach ClickHouse, windows and metri
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -37,11 +36,20 @@ def test_embed_role_scales_apart_and_lands_in_the_same_tables(workers: WorkerHar
     embed.start()
     try:
         asyncio.run(produce(workers.bootstrap, "llm.events", records))
+        # The embed worker counts a batch once its findings and partials were delivered.
         embed.wait_for(
-            lambda: embed.metric("llm_monitor_embed_batch_events_sum") >= valid, timeout_s=180
+            lambda: embed.metric("llm_monitor_embed_batch_events_sum") >= valid,
+            timeout_s=180,
+            what=f"{valid} events through the embed role",
         )
-        workers.wait_for(lambda: stored(workers) >= valid)
-        time.sleep(3.0)  # the embed worker's last findings and partials, then window snapshots
+        workers.wait_for(lambda: stored(workers) >= valid, what=f"{valid} events stored")
+        # The CPU workers' group commits those findings once stored, those partials once merged.
+        workers.wait_for(
+            lambda: workers.uncommitted(("llm.scored", "llm.partials")) == 0,
+            timeout_s=120,
+            what="the embed role's findings stored and its partials merged",
+        )
+        workers.wait_windows_stored()
         assert embed.metric("llm_monitor_events_received_total") == 0  # no score role there
         assert embed.metric("llm_monitor_embed_texts_total") > valid
         assert embed.metric("llm_monitor_detector_score_count", detector="toxicity") > 0

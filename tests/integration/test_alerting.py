@@ -1,5 +1,6 @@
 """Alert rules and Alertmanager config, with the real tools: promtool checks and unit-tests the
-rules; a real Alertmanager on loopback shows a kill switch inhibiting its own rollback alerts."""
+rules (the committed render of deploy/policy/policy.yaml, and a render of another policy); a
+real Alertmanager on loopback shows a kill switch inhibiting its own rollback alerts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from monitor.devtools.broker import free_port
+from monitor.policy.alerting import write_rules
+from monitor.policy.config import Policy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +42,15 @@ def test_rules_are_valid_and_their_unit_tests_pass() -> None:
     assert "SUCCESS" in run(
         tool("promtool"), "test", "rules", str(ROOT / "tests/promtool/llm-monitor.rules.test.yml")
     )
+
+
+def test_rules_rendered_from_another_policy_are_valid(tmp_path: Path) -> None:
+    policy = Policy.model_validate({"min_samples": 200, "rollback": {
+        "error_rate": {"threshold": 0.10}, "p99_latency": {"threshold_ms": 2000, "quantile": 0.95},
+        "detector_rates": {"injection": {"threshold": 0.2}},
+    }})  # fmt: skip
+    path = write_rules(policy, tmp_path / "llm-monitor.rules.yml")
+    assert "SUCCESS: 14 rules found" in run(tool("promtool"), "check", "rules", str(path))
 
 
 def test_alertmanager_config_is_valid() -> None:

@@ -66,12 +66,17 @@ def test_storage_round_trip_and_idempotent_replay(tmp_path: Path) -> None:
     assert one("SELECT count() FROM llm_monitor.findings FINAL WHERE category = 'leak'") == 50
     assert one("SELECT count() FROM llm_monitor.windows FINAL") == 1
     assert one("SELECT raw FROM llm_monitor.dead_letters FINAL") == "not json, from <EMAIL>"
+    assert one("SELECT raw_bytes FROM llm_monitor.dead_letters FINAL") == 30
+    # Epoch milliseconds go in as DateTime64(3) ticks: the stored time is the event's, exactly.
+    first = "SELECT toUnixTimestamp64Milli(min(event_time)) FROM llm_monitor.events FINAL"
+    assert one(first) == 1_795_514_400_000
     assert one("SELECT countIf(response LIKE '%@%') FROM llm_monitor.events FINAL") == 0
     rows = client.query(
         "SELECT count() FROM llm_monitor.events FINAL WHERE model = {m:String}",
         parameters={"m": "m"},
     ).result_rows
     assert rows == [(50,)]
+    client.close()
 
 
 def test_dsn_passwords_are_not_logged() -> None:

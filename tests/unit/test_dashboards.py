@@ -1,5 +1,6 @@
-"""Dashboards: committed JSON equals the code, decodes into Grafana's typed schema (the SDK's
-models), references only provisioned datasources; query expansion for the proving test."""
+"""Dashboards: committed JSON equals the code built from the committed policy, threshold lines
+follow the policy, decodes into Grafana's typed schema (the SDK's models), references only
+provisioned datasources; query expansion for the proving test."""
 
 from __future__ import annotations
 
@@ -15,17 +16,49 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboards.build import OUT, build_all
 from dashboards.queries import expand_clickhouse, expand_promql, panel_queries
+from monitor.policy.config import Policy, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "deploy/policy/policy.yaml"
 
 
-def test_committed_json_is_what_the_code_builds() -> None:
-    built = build_all()
+def test_committed_json_is_what_the_code_builds_from_the_committed_policy() -> None:
+    built = build_all(load_policy(POLICY))
     assert sorted(p.stem for p in OUT.glob("*.json")) == sorted(built)
     for name, board in built.items():
         assert json.loads((OUT / f"{name}.json").read_text()) == board, (
             f"dashboards/json/{name}.json is stale: run `llm-monitor dashboards build`"
         )
+
+
+def red_line(board: dict[str, Any], title: str) -> tuple[float, str]:
+    """The threshold a panel draws, and its unit."""
+    panel = next(p for p in board["panels"] if p["title"] == title)
+    defaults = panel["fieldConfig"]["defaults"]
+    steps = [s for s in defaults["thresholds"]["steps"] if s["color"] == "red"]
+    assert len(steps) == 1, title
+    return steps[0]["value"], defaults["unit"]
+
+
+def test_threshold_lines_follow_the_policy() -> None:
+    default = build_all(load_policy(POLICY))
+    assert red_line(default["sre-overview"], "Error rate (latest window)") == (0.05, "percentunit")
+    assert red_line(default["sre-overview"], "Latency p50 / p95 / p99 per version") == (5.0, "s")
+    policy = Policy.model_validate({"rollback": {
+        "error_rate": {"threshold": 0.10}, "p99_latency": {"threshold_ms": 2000},
+        "detector_rates": {"toxicity": {"threshold": 0.03}},
+        "bias_disparity": {"threshold": 0.08},
+    }})  # fmt: skip
+    built = build_all(policy)
+    sre, canary = built["sre-overview"], built["canary-vs-stable"]
+    assert red_line(sre, "Error rate (latest window)") == (0.10, "percentunit")
+    assert red_line(sre, "Latency p50 / p95 / p99 per version") == (2.0, "s")
+    assert red_line(built["detectors"], "Bias disparity with its 95 % bounds")[0] == 0.08
+    assert red_line(canary, "Error rate") == (0.10, "percentunit")
+    assert red_line(canary, "p99 latency") == (2.0, "s")  # the rule gauge, in seconds
+    assert red_line(canary, "Toxicity rate")[0] == 0.03
+    no_rule = next(p for p in canary["panels"] if p["title"] == "Hallucination rate")
+    assert "thresholds" not in no_rule["fieldConfig"]["defaults"]  # no rate rule: no line
 
 
 def subset(ours: Any, theirs: Any, path: str = "") -> list[str]:
