@@ -41,6 +41,7 @@ class Metrics:
     events_received: Counter
     events_valid: Counter
     dead_letters: Counter
+    internal_dead_letters: Counter
     detector_flags: Counter
     detector_seconds: Histogram
     batch_size: Histogram
@@ -132,6 +133,11 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         ),
         dead_letters=counter(
             "llm_monitor_dead_letters", "Events sent to the DLQ, by reason.", ("reason",)
+        ),
+        internal_dead_letters=counter(
+            "llm_monitor_internal_dead_letters",
+            "Records of internal topics that could not be processed, dead-lettered.",
+            ("topic", "reason"),
         ),
         detector_flags=counter(
             "llm_monitor_detector_flags",

@@ -1,13 +1,17 @@
-"""Kafka plumbing shared by the roles: records as the pipeline sees them, and delivery."""
+"""Kafka plumbing shared by the roles: records as the pipeline sees them, delivery, and the
+dead-letter path for records of internal topics that cannot be processed."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import msgspec
 from aiokafka.partitioner import murmur2
 
-from monitor.ingest.decode import RawMessage
+from monitor.ingest.decode import RawMessage, dead_letter
+from monitor.metrics import Metrics
 
 
 def kafka_partition(key: bytes, partitions: int) -> int:
@@ -31,3 +35,15 @@ async def deliver(sends: list[Any]) -> None:
     """Wait until every produced message is acknowledged, so offsets commit only after."""
     if sends:
         await asyncio.gather(*sends)
+
+
+async def send_internal_dead_letter(
+    dlq: Any, message: RawMessage, reason: str, error: str, metrics: Metrics
+) -> Any:
+    """Dead-letter a record of an internal topic (scored, partials, windows, control, ...) that
+    cannot be processed: the DLQ keeps its bytes, topic/partition/offset and the reason, and
+    it counts in ``llm_monitor_internal_dead_letters_total{topic, reason}``. Returns the send
+    future; await it (or ``deliver``) before the record's offset may commit."""
+    metrics.internal_dead_letters.labels(message.topic, reason).inc()
+    letter = dead_letter(message, reason, error, time.time_ns() // 1_000_000)
+    return await dlq.send(key=message.key, value=msgspec.json.encode(letter))
