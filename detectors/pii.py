@@ -4,11 +4,17 @@ Each type is a compiled pattern plus a validation hook that cuts false positives
 brand ranges, SSN area/group/serial rules, IBAN mod-97, real IP addresses, phone number shape).
 Prompt and response are scanned separately; PII in the response that the prompt does not
 contain is a *leak*. ``redact`` replaces spans with typed placeholders before persistence.
+
+Work is linear in the text and bounded per text: a scan stops at ``MAX_SCAN_CHARS`` characters
+or after ``MAX_MATCHES`` matches, and then ends with one ``UNSCANNED`` match covering the rest of
+the text, so the rest is masked by ``redact`` like any span (never stored unredacted) and the
+finding says ``truncated``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +38,11 @@ class PiiType(StrEnum):
     IBAN = "IBAN"
     IP_ADDRESS = "IP_ADDRESS"
     SECRET = "SECRET"  # noqa: S105 - a type name, not a credential
+    # Not PII: the tail of a text past the scan bound, masked whole because it was not scanned.
+    UNSCANNED = "UNSCANNED"
 
+
+SCANNABLE_TYPES: Final = frozenset(t for t in PiiType if t is not PiiType.UNSCANNED)
 
 # Presidio's entity names → ours, so evaluation files from either world can be scored.
 PRESIDIO_TYPES: Final[dict[str, PiiType]] = {
@@ -51,14 +61,16 @@ def normalise_type(name: str) -> PiiType | None:
     if upper in PRESIDIO_TYPES:
         return PRESIDIO_TYPES[upper]
     try:
-        return PiiType(upper)
+        resolved = PiiType(upper)
     except ValueError:
         return None
+    return resolved if resolved in SCANNABLE_TYPES else None
 
 
 @dataclass(frozen=True, slots=True)
 class PiiMatch:
-    """One validated PII span in one text; ``subtype`` says which pattern (e.g. aws_access_key)."""
+    """One validated PII span in one text; ``subtype`` says which pattern (e.g. aws_access_key).
+    An ``UNSCANNED`` match has an empty ``value``: it only marks where masking starts."""
 
     start: int
     end: int
@@ -158,7 +170,16 @@ def _validate_bare_ssn(value: str, text: str, start: int) -> str | None:
     return _validate_ssn(value, text, start)
 
 
+# Letters as their mod-97 numbers (A=10 ... Z=35), for str.translate.
+_IBAN_LETTERS: Final = str.maketrans({chr(ord("A") + i): str(10 + i) for i in range(26)})
+
+
 def _validate_iban(value: str, text: str, start: int) -> str | None:
+    # The mod-97 checksum first, at C speed: python-stdnum checks it too, but after a slow
+    # clean-up, and a long run of IBAN-like groups tries up to 8 shrunk values per candidate.
+    compact = value.replace(" ", "").upper()
+    if int((compact[4:] + compact[:4]).translate(_IBAN_LETTERS)) % 97 != 1:
+        return None
     return "iban" if stdnum_iban.is_valid(value) else None
 
 
@@ -245,7 +266,9 @@ _SECRET_PATTERNS: Final = (
         "private_key",
         re.compile(
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-            r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?"
+            # the body stops at the next BEGIN: a header with no END then costs the distance to
+            # the next header, not the rest of the text (thousands of headers were quadratic)
+            r"(?:(?:(?!-----BEGIN )[\s\S])*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?"
         ),
         requires=("PRIVATE KEY",),
     ),
@@ -378,6 +401,12 @@ DEFAULT_PATTERNS: Final[tuple[PiiPattern, ...]] = (
 )
 
 _HAS_DIGIT: Final = re.compile(r"\d")
+_TEXT_KEYED: Final = (PiiType.EMAIL, PiiType.SECRET, PiiType.IBAN, PiiType.IP_ADDRESS)
+_CUT_LOOKBACK: Final = 256  # how far back from the length bound a scan looks for whitespace
+# Past a stop position a pattern reads this far more: longer than any bounded-length candidate
+# with its look-ahead, so a candidate that starts before the stop is read whole.
+_STOP_MARGIN: Final = 1_024
+_START: Final = operator.attrgetter("start")
 
 
 def _prefilter(pattern: PiiPattern) -> re.Pattern[str] | None:
@@ -388,11 +417,23 @@ def _prefilter(pattern: PiiPattern) -> re.Pattern[str] | None:
 
 
 class PiiScanner:
-    """Finds validated PII spans in a text. Knobs are class constants the constructor overrides."""
+    """Finds validated PII spans in a text. Knobs are class constants the constructor overrides.
+
+    ``MAX_SCAN_CHARS`` bounds the regex and validator work per text and ``MAX_MATCHES`` the
+    spans a finding carries; past either bound the scan ends with one ``UNSCANNED`` match.
+    """
 
     PATTERNS: ClassVar[tuple[PiiPattern, ...]] = DEFAULT_PATTERNS
+    MAX_SCAN_CHARS: ClassVar[int] = 262_144
+    MAX_MATCHES: ClassVar[int] = 1_000
 
-    def __init__(self, types: Iterable[PiiType | str] | None = None) -> None:
+    def __init__(
+        self,
+        types: Iterable[PiiType | str] | None = None,
+        *,
+        max_scan_chars: int | None = None,
+        max_matches: int | None = None,
+    ) -> None:
         if types is None:
             self.types = frozenset(PiiType)
         else:
@@ -400,10 +441,14 @@ class PiiScanner:
             for name in types:
                 resolved = normalise_type(str(name))
                 if resolved is None:
-                    valid = ", ".join(t.value for t in PiiType)
+                    valid = ", ".join(t.value for t in PiiType if t in SCANNABLE_TYPES)
                     raise ValueError(f"unknown PII type {name!r}; valid types: {valid}")
                 chosen.add(resolved)
             self.types = frozenset(chosen)
+        self.max_scan_chars = self.MAX_SCAN_CHARS if max_scan_chars is None else max_scan_chars
+        self.max_matches = self.MAX_MATCHES if max_matches is None else max_matches
+        if self.max_scan_chars < 1 or self.max_matches < 1:
+            raise ValueError("max_scan_chars and max_matches must be at least 1")
         self._plan = tuple(
             (pattern, _prefilter(pattern))
             for pattern in self.PATTERNS
@@ -411,44 +456,86 @@ class PiiScanner:
         )
 
     def scan(self, text: str) -> list[PiiMatch]:
-        """Every non-overlapping validated match, in text order."""
+        """Every non-overlapping validated match, in text order, at most ``max_matches`` of them;
+        when a bound stopped the scan, a last ``UNSCANNED`` match covers the rest of the text."""
         if not text:
             return []
-        has_digit = _HAS_DIGIT.search(text) is not None
-        found: list[PiiMatch] = []
-        taken: list[tuple[int, int]] = []
+        limit = len(text) if len(text) <= self.max_scan_chars else self._scan_limit(text)
+        found = self._find(text, limit)
+        cut = limit
+        if len(found) > self.max_matches:
+            cut = found[self.max_matches].start
+            del found[self.max_matches :]
+        if cut < len(text):
+            found.append(PiiMatch(cut, len(text), PiiType.UNSCANNED, "unscanned", ""))
+        return found
+
+    def _scan_limit(self, text: str) -> int:
+        """Where scanning a text longer than ``max_scan_chars`` stops: just after the last
+        whitespace before the bound, so that no token is split between the scanned part and the
+        masked tail (at the bound itself when there is none nearby)."""
+        limit = self.max_scan_chars
+        lo = max(0, limit - _CUT_LOOKBACK)
+        space = max(text.rfind(c, lo, limit) for c in " \t\r\n")
+        return space + 1 if space >= 0 else limit
+
+    def _find(self, text: str, limit: int) -> list[PiiMatch]:
+        """Patterns in priority order over ``text[:limit]``, each one's validated matches that
+        overlap no earlier one merged into a sorted list: linear in the text and the matches.
+
+        Candidates come in text order, so one cursor walks the earlier matches once. After
+        ``max_matches + 1`` matches a pattern stops, and later patterns read only a margin past
+        that position: a match starting there lies past the cut ``scan`` makes anyway. A
+        candidate longer than the margin (a secret) is read short: it still overlaps the match
+        at the stop and is dropped, or at worst a shorter match of it adds a span.
+        """
+        has_digit = _HAS_DIGIT.search(text, 0, limit) is not None
+        taken: list[PiiMatch] = []
+        stop, most = limit, self.max_matches
         for pattern, prefilter in self._plan:
-            if prefilter is not None and prefilter.search(text) is None:
+            if prefilter is not None and prefilter.search(text, 0, limit) is None:
                 continue
             if not has_digit and pattern.type not in (PiiType.EMAIL, PiiType.SECRET):
                 continue
-            for m in pattern.regex.finditer(text):
+            new: list[PiiMatch] = []
+            cursor, earlier = 0, len(taken)
+            endpos = limit if stop == limit else min(limit, stop + _STOP_MARGIN)
+            for m in pattern.regex.finditer(text, 0, endpos):
                 group = 1 if m.re.groups and m.group(1) and pattern.type is PiiType.SECRET else 0
                 start, end = m.span(group)
-                if any(start < t_end and t_start < end for t_start, t_end in taken):
+                if start >= stop:
+                    break
+                while cursor < earlier and taken[cursor].end <= start:
+                    cursor += 1
+                if cursor < earlier and taken[cursor].start < end:
                     continue
-                value = m.group(group)
-                subtype = self._validate(pattern, value, text, start)
-                while subtype is None and pattern.shrink and " " in value:
-                    value = value.rsplit(" ", 1)[0]
-                    subtype = self._validate(pattern, value, text, start)
-                if subtype is None:
-                    continue
-                end = start + len(value)
-                found.append(PiiMatch(start, end, pattern.type, subtype, value))
-                taken.append((start, end))
-        found.sort(key=lambda match: match.start)
-        return found
+                match = self._validated(pattern, m.group(group), text, start)
+                if match is not None:
+                    new.append(match)
+                    if len(new) > most:
+                        stop = start
+                        break
+            if new:  # two sorted runs: Timsort merges them in linear time
+                taken += new
+                taken.sort(key=_START)
+        return taken
 
     @staticmethod
-    def _validate(pattern: PiiPattern, value: str, text: str, start: int) -> str | None:
-        if pattern.validate is None:
-            return pattern.subtype
-        return pattern.validate(value, text, start)
+    def _validated(pattern: PiiPattern, value: str, text: str, start: int) -> PiiMatch | None:
+        """The match for a candidate that passes validation, shrunk when the pattern allows."""
+        validate = pattern.validate
+        subtype = pattern.subtype if validate is None else validate(value, text, start)
+        while subtype is None and validate is not None and pattern.shrink and " " in value:
+            value = value.rsplit(" ", 1)[0]
+            subtype = validate(value, text, start)
+        if subtype is None:
+            return None
+        return PiiMatch(start, start + len(value), pattern.type, subtype, value)
 
 
 def redact(text: str, matches: Sequence[PiiMatch]) -> str:
-    """Replace each span with a typed placeholder such as ``<EMAIL>``; spans must not overlap."""
+    """Replace each span with a typed placeholder such as ``<EMAIL>``; spans must not overlap.
+    An ``UNSCANNED`` span becomes ``<UNSCANNED>``: the unscanned tail is never kept."""
     if not matches:
         return text
     parts: list[str] = []
@@ -461,14 +548,70 @@ def redact(text: str, matches: Sequence[PiiMatch]) -> str:
     return "".join(parts)
 
 
+class PromptLookup:
+    """Whether the prompt contained a response value: the prompt's own match keys first (a set
+    lookup), else a substring search of the whole prompt, once per distinct value.
+
+    The searches share a budget of ``budget_chars`` characters, so one finding costs at most
+    that much however many values a response holds; a value left unsearched counts as present
+    (not a leak) and ``exhausted`` says the check was partial.
+    """
+
+    def __init__(self, prompt: str, prompt_matches: Iterable[PiiMatch], budget_chars: int) -> None:
+        self.keys = {m.key for m in prompt_matches if m.type is not PiiType.UNSCANNED}
+        self.budget_chars = budget_chars
+        self.exhausted = False
+        self._prompt = prompt
+        self._lower: str | None = None
+        self._digits: str | None = None
+        self._seen: dict[tuple[bool, str], bool] = {}
+
+    def contains(self, match: PiiMatch) -> bool:
+        """True when the prompt holds ``match`` (same key, or the same text/digits anywhere)."""
+        key = match.key
+        if key in self.keys:
+            return True
+        textual = match.type in _TEXT_KEYED
+        needle = match.value.lower() if textual else key
+        if not textual and len(needle) < 7:
+            return False
+        if (textual, needle) in self._seen:
+            return self._seen[(textual, needle)]
+        haystack = self._haystack(textual)
+        if len(haystack) > self.budget_chars:
+            self.exhausted = True
+            return True
+        self.budget_chars -= len(haystack)
+        found = needle in haystack
+        self._seen[(textual, needle)] = found
+        return found
+
+    def _haystack(self, textual: bool) -> str:
+        """The lowercased prompt, or its digits alone; each built once, when first needed."""
+        if textual:
+            if self._lower is None:
+                self._lower = self._prompt.lower()
+            return self._lower
+        if self._digits is None:
+            self._digits = re.sub(r"\D", "", self._prompt)
+        return self._digits
+
+
 class PiiDetector:
     """Scores events for PII; a response span the prompt did not contain is a leak (flagged)."""
 
     name = "pii"
-    version = "1.0.0"
+    version = "1.1.0"  # 1.1: bounded scan (UNSCANNED tail, truncated details)
+    # Characters of prompt searched per finding to tell leaks from echoes (~10 ms of search).
+    LEAK_SEARCH_CHARS: ClassVar[int] = 32_000_000
 
-    def __init__(self, scanner: PiiScanner | None = None) -> None:
+    def __init__(
+        self, scanner: PiiScanner | None = None, *, leak_search_chars: int | None = None
+    ) -> None:
         self.scanner = scanner or PiiScanner()
+        self.leak_search_chars = (
+            self.LEAK_SEARCH_CHARS if leak_search_chars is None else leak_search_chars
+        )
 
     def score(self, batch: Sequence[Event]) -> list[Finding]:
         findings: list[Finding] = []
@@ -483,42 +626,53 @@ class PiiDetector:
         response_matches = self.scanner.scan(response)
         if not prompt_matches and not response_matches:
             return None
-        prompt_keys = {m.key for m in prompt_matches}
-        prompt_digits = re.sub(r"\D", "", prompt)
-        prompt_lower = prompt.lower()
-        leaked = [
-            m
-            for m in response_matches
-            if m.key not in prompt_keys and not _appears_in(m, prompt_lower, prompt_digits)
-        ]
-        secrets = [m for m in (*prompt_matches, *response_matches) if m.type is PiiType.SECRET]
+        lookup = PromptLookup(prompt, prompt_matches, self.leak_search_chars)
+        leaked = _leaked_types(response_matches, lookup)
+        pii = [m for m in (*prompt_matches, *response_matches) if m.type is not PiiType.UNSCANNED]
+        secrets = any(m.type is PiiType.SECRET for m in pii)
         spans = tuple(
             [Span(m.start, m.end, m.type.value, "prompt") for m in prompt_matches]
             + [Span(m.start, m.end, m.type.value, "response") for m in response_matches]
         )
-        category = "leak" if leaked else ("secret" if secrets else "pii")
+        category = "leak" if leaked else ("secret" if secrets else ("pii" if pii else "truncated"))
+        details = {
+            "prompt_types": _type_list(prompt_matches),
+            "response_types": _type_list(response_matches),
+            "leaked_types": ",".join(sorted(leaked)),
+        }
+        truncated = [
+            field
+            for field, matches in (("prompt", prompt_matches), ("response", response_matches))
+            if matches and matches[-1].type is PiiType.UNSCANNED
+        ]
+        if truncated:
+            details["truncated"] = "true"
+            details["truncated_fields"] = ",".join(truncated)
+        if lookup.exhausted:
+            details["leak_check_truncated"] = "true"
         return Finding(
             request_id=request_id,
             detector=self.name,
             detector_version=self.version,
-            score=1.0 if leaked or secrets else 0.5,
+            score=1.0 if leaked or secrets else (0.5 if pii else 0.0),
             flagged=bool(leaked or secrets),
             category=category,
             spans=spans,
-            details={
-                "prompt_types": _type_list(prompt_matches),
-                "response_types": _type_list(response_matches),
-                "leaked_types": _type_list(leaked),
-            },
+            details=details,
         )
 
 
-def _appears_in(match: PiiMatch, prompt_lower: str, prompt_digits: str) -> bool:
-    if match.type in (PiiType.EMAIL, PiiType.SECRET, PiiType.IBAN, PiiType.IP_ADDRESS):
-        return match.value.lower() in prompt_lower
-    key = match.key
-    return len(key) >= 7 and key in prompt_digits
+def _leaked_types(response_matches: Iterable[PiiMatch], lookup: PromptLookup) -> set[str]:
+    """Types with at least one response value the prompt did not contain. Once a type has one,
+    its other values are not searched: the finding only reports leaked types."""
+    leaked: set[str] = set()
+    for match in response_matches:
+        if match.type is PiiType.UNSCANNED or match.type.value in leaked:
+            continue
+        if not lookup.contains(match):
+            leaked.add(match.type.value)
+    return leaked
 
 
 def _type_list(matches: Iterable[PiiMatch]) -> str:
-    return ",".join(sorted({m.type.value for m in matches}))
+    return ",".join(sorted({m.type.value for m in matches if m.type is not PiiType.UNSCANNED}))

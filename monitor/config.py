@@ -61,7 +61,25 @@ class PipelineSettings(BaseModel):
     batch_wait_s: float = Field(default=0.05, gt=0, le=60)
     sink_batch_size: int = Field(default=50, ge=1, description="scored batches per insert")
     sink_batch_wait_s: float = Field(default=0.1, gt=0, le=60)
-    max_event_bytes: int = Field(default=1_000_000, ge=256)
+    max_event_bytes: int = Field(
+        default=1_000_000,
+        ge=256,
+        le=2_097_152,
+        description="larger events go to the DLQ as too_large; at most 2 MiB, so an accepted "
+        "event (and its dead letter) fits one record of the producers' 4 MiB limit",
+    )
+    max_event_age_s: int = Field(
+        default=604_800,
+        ge=1,
+        description="events older than this at arrival go to the DLQ (timestamp_out_of_range); "
+        "a week, Kafka's default retention; raise it to replay older files",
+    )
+    max_future_skew_s: int = Field(
+        default=300,
+        ge=0,
+        description="events dated further than this after arrival go to the DLQ "
+        "(timestamp_out_of_range): producer clock skew, not a date in the future",
+    )
     window_s: int = Field(default=60, ge=1, le=86_400)
     allowed_lateness_s: int = Field(default=30, ge=0)
     window_retention_s: int = Field(
@@ -276,6 +294,18 @@ class Settings(BaseSettings):
         if self.storage.dsn:
             return self.storage.dsn
         return f"chdb://{(self.data_dir / 'chdb').resolve()}"
+
+
+def ensure_data_dir(settings: Settings) -> Path:
+    """Create ``data_dir`` (and its parents) when missing; ConfigError when it cannot be."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"data_dir: cannot create {str(settings.data_dir)!r} ({exc.strerror or exc}). Fix: "
+            f"set {ENV_PREFIX}DATA_DIR (or --data-dir) to a writable directory."
+        ) from exc
+    return settings.data_dir
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -58,6 +58,8 @@ class Metrics:
     sink_batch_rows: Histogram
     sink_insert_seconds: Histogram
     sink_errors: Counter
+    sink_dropped: Counter
+    spool_quarantined: Counter
     end_to_end_seconds: Histogram
     consumer_lag: Gauge
     detector_score: Histogram
@@ -87,6 +89,14 @@ ACTIONS = ("rollback", "kill", "resume", "promote")
 ATTEMPT_OUTCOMES = ("delivered", "retrying", "gave_up")
 API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
 EVIDENCE_OUTCOMES = ("copied", "failed")
+QUARANTINE_REASONS = ("unreadable", "refused")
+# Reasons of llm_monitor_internal_dead_letters_total (records of internal topics).
+REASON_UNDECODABLE = "undecodable"  # the record does not decode
+REASON_UNPROCESSABLE = "unprocessable"  # it decodes, but processing it fails
+REASON_REFUSED = "refused"  # ClickHouse refuses its row
+# ... records of the DLQ topic itself, stored as their own dead letters.
+REASON_UNDECODABLE_DEAD_LETTER = "undecodable_dead_letter"
+REASON_REFUSED_DEAD_LETTER = "refused_dead_letter"
 
 
 def initialise(metrics: Metrics) -> None:
@@ -107,6 +117,8 @@ def initialise(metrics: Metrics) -> None:
         metrics.killswitch_api_calls.labels(outcome)
     for outcome in EVIDENCE_OUTCOMES:
         metrics.incident_evidence.labels(outcome)
+    for reason in QUARANTINE_REASONS:
+        metrics.spool_quarantined.labels(reason)
 
 
 def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) -> Metrics:
@@ -204,7 +216,22 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             registry=registry,
         ),
         sink_errors=counter(
-            "llm_monitor_sink_errors", "Failed ClickHouse inserts (retried).", ("table",)
+            "llm_monitor_sink_errors",
+            "Failed ClickHouse insert attempts that are retried (transient: unreachable, "
+            "timeout, overload). Rows ClickHouse refuses count as internal dead letters.",
+            ("table",),
+        ),
+        sink_dropped=counter(
+            "llm_monitor_sink_dropped_records",
+            "Records of the DLQ topic the sink could neither store nor dead-letter (logged with "
+            "topic/partition/offset; still in Kafka until its retention).",
+            ("topic",),
+        ),
+        spool_quarantined=counter(
+            "llm_monitor_spool_quarantined",
+            "Spool entries that could not be replayed at start, moved to spool/quarantine/ "
+            "(unreadable, or records ClickHouse refuses); the log names the file.",
+            ("reason",),
         ),
         end_to_end_seconds=Histogram(
             "llm_monitor_end_to_end_seconds",
@@ -287,7 +314,7 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         ),
         killswitch_api_calls=counter(
             "llm_monitor_killswitch_api_calls",
-            "Kill-switch API calls by outcome (ok, unauthorized, invalid, disabled).",
+            "Policy API calls (kill switch, status, Flagger gate) by outcome.",
             ("outcome",),
         ),
         incident_evidence=counter(

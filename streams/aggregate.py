@@ -1,8 +1,16 @@
-"""The ``aggregate`` role: window partials merged in a changelog-backed faust table.
+"""The ``aggregate`` role: window partials merged exactly once in a changelog-backed faust table.
 
-Snapshots of changed windows are published every ``EMIT_INTERVAL_S``; windows past the
-watermark are closed (a final snapshot) and, past the retention, expired. With drift on, final
-windows also feed the rate-drift monitors.
+``WindowAggregator`` (monitor/windows/aggregate.py) merges each partial, skipping the events of
+partials delivered again after a crash; a window's sums and its per-source high-water marks are
+one table value, so they restore together from the changelog. A record of the partials topic
+that does not decode, or whose partial cannot be merged, is dead-lettered and skipped. A timer
+closes windows past their series' watermark (a final snapshot; idle series too, by processing
+time) and publishes snapshots of changed windows every ``EMIT_INTERVAL_S``; the agent expires
+windows past the retention, since table writes must happen in an event of the key's
+partition. With drift on, final windows also feed the rate-drift monitors.
+
+Exactness after a crash needs the table restored to the changelog's end
+(``streams.tuning.recover_to_log_end``, applied to every app).
 """
 
 from __future__ import annotations
@@ -16,12 +24,12 @@ import faust
 import msgspec
 
 from monitor.config import Settings
-from monitor.metrics import Metrics
+from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
 from monitor.scoring.rows import ScoredBatch
-from monitor.windows.aggregate import WindowAggregator
+from monitor.windows.aggregate import Merge, WindowAggregator
 from monitor.windows.drift import WindowRateDrift
-from monitor.windows.stats import WindowPartial, WindowStats
-from streams.kafka import deliver, kafka_partition
+from monitor.windows.stats import PartialError, WindowPartial, WindowStats
+from streams.kafka import deliver, kafka_partition, raw_message, send_internal_dead_letter
 from streams.observe import observe_findings, observe_window
 
 EMIT_INTERVAL_S = 0.25
@@ -35,18 +43,9 @@ def add_aggregate_role(
     app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
 ) -> None:
     k = settings.kafka
-    windows_out, scored = topics[k.windows_topic], topics[k.scored_topic]
+    windows_out, scored, dlq = topics[k.windows_topic], topics[k.scored_topic], topics[k.dlq_topic]
     rate_drift = WindowRateDrift() if settings.detectors.drift.enabled else None
-    table = app.Table(
-        "windows", default=None, key_type=str, value_type=str, partitions=k.partitions
-    )
-    aggregator = WindowAggregator(
-        TextValues(table),
-        allowed_lateness_s=settings.pipeline.allowed_lateness_s,
-        retention_s=settings.pipeline.window_retention_s,
-        bias_confidence=settings.detectors.bias.confidence,
-        bias_min_per_group=settings.detectors.bias.min_per_group,
-    )
+    aggregator = window_aggregator(app, settings)
     dirty: set[str] = set()
     last_sweep = [0.0]
 
@@ -60,37 +59,42 @@ def add_aggregate_role(
             sends.append(await scored.send(value=_msgpack.encode(ScoredBatch([], drift))))
         return sends
 
+    async def merge(event: Any) -> None:
+        """Merge one record's partial; dead-letter it (and go on) when it cannot be."""
+        try:
+            partial = _partial.decode(event.value)
+            merged = aggregator.add(partial)
+        except (msgspec.DecodeError, PartialError) as exc:
+            await dead_letter_partial(dlq, event, exc, metrics)
+            return
+        observe_merge(metrics, merged)
+        if merged.changed:
+            dirty.add(partial.key)
+            metrics.windows_pending.set(len(dirty))
+
     @app.agent(topics[k.partials_topic], name="aggregate")
     async def aggregate(stream: Any) -> None:
         async for event in stream.events():
-            partial = _partial.decode(event.value)
-            if aggregator.add(partial):
-                metrics.partial_events_merged.inc(partial.events)
-                dirty.add(partial.key)
-                metrics.windows_pending.set(len(dirty))
-            else:
-                metrics.late_events.inc(partial.events)
+            await merge(event)
             if time.monotonic() - last_sweep[0] < SWEEP_INTERVAL_S:
                 continue
             last_sweep[0] = time.monotonic()
             # Table writes must happen while handling an event of the key's own partition,
             # so the changelog record lands where recovery will look for it.
             partition = event.message.partition
-            sends = []
-            for key in aggregator.due():
-                stats = aggregator.close(key)
-                dirty.discard(key)
-                if stats is not None:
-                    sends.extend(await publish(stats))
             for key in aggregator.expired():
                 if kafka_partition(key.encode(), k.partitions) == partition:
                     aggregator.expire(key)
                     dirty.discard(key)
-            await deliver(sends)
 
     @app.timer(interval=EMIT_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def emit_snapshots() -> None:
         sends = []
+        for key in aggregator.due():  # past the watermark, idle series included: final
+            stats = aggregator.close(key)
+            dirty.discard(key)
+            if stats is not None:
+                sends.extend(await publish(stats))
         for key in list(dirty):
             dirty.discard(key)
             stats = aggregator.snapshot(key)
@@ -98,6 +102,39 @@ def add_aggregate_role(
                 sends.extend(await publish(stats))
         await deliver(sends)
         metrics.windows_pending.set(len(dirty))  # zero: every changed window published, acked
+
+
+def window_aggregator(app: faust.App, settings: Settings) -> WindowAggregator:
+    """The aggregator over the changelog-backed ``windows`` table."""
+    k, p = settings.kafka, settings.pipeline
+    table = app.Table(
+        "windows", default=None, key_type=str, value_type=str, partitions=k.partitions
+    )
+    return WindowAggregator(
+        TextValues(table),
+        allowed_lateness_s=p.allowed_lateness_s,
+        retention_s=p.window_retention_s,
+        idle_timeout_s=p.window_s,  # a window's length without traffic: the series is idle
+        bias_confidence=settings.detectors.bias.confidence,
+        bias_min_per_group=settings.detectors.bias.min_per_group,
+    )
+
+
+async def dead_letter_partial(dlq: Any, event: Any, exc: Exception, metrics: Metrics) -> None:
+    """Dead-letter a partials record that does not decode, or whose partial cannot be merged,
+    and wait for the DLQ's ack: only then may its offset commit."""
+    undecodable = isinstance(exc, msgspec.DecodeError)
+    reason = REASON_UNDECODABLE if undecodable else REASON_UNPROCESSABLE
+    message = raw_message(event)
+    await deliver([await send_internal_dead_letter(dlq, message, reason, str(exc), metrics)])
+
+
+def observe_merge(metrics: Metrics, merged: Merge) -> None:
+    """Events counted into windows, and events of windows already expired (left out)."""
+    if merged.counted:
+        metrics.partial_events_merged.inc(merged.counted)
+    if merged.late:
+        metrics.late_events.inc(merged.late)
 
 
 class TextValues(MutableMapping[str, bytes]):

@@ -26,7 +26,7 @@ from streams.policy_api import add_policy_api
 from streams.score import add_score_role
 from streams.sink import add_sink_role
 from streams.topics import stream_topics
-from streams.tuning import seek_before_resume, set_fetch_max_wait
+from streams.tuning import recover_to_log_end, seek_before_resume, set_fetch_max_wait
 from streams.web import add_views
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def faust_app(settings: Settings) -> faust.App:
     k, p = settings.kafka, settings.pipeline
     set_fetch_max_wait(k.fetch_max_wait_ms)
     seek_before_resume()
+    recover_to_log_end()
     return faust.App(
         app_id_for(settings),
         broker=[f"kafka://{s.strip()}" for s in str(k.bootstrap_servers).split(",")],

@@ -1,11 +1,17 @@
 """The ``embed`` role: embedding-backed detectors on their own topic and consumer group, so
 GPU workers scale apart from the CPU scorers. The model runs on its own thread.
+
+A forwarded record that no longer decodes is dead-lettered (topic/partition/offset, reason),
+never retried and never the batch's end. Each event's window contribution names where it was
+first read (its llm.events partition and offset, carried in a header by the score role), so a
+copy forwarded again after a score worker crashed is merged once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -13,11 +19,13 @@ import msgspec
 
 from monitor.config import Settings
 from monitor.errors import SchemaError
+from monitor.ingest.decode import RawMessage
 from monitor.ingest.events import Event, decode_event
-from monitor.metrics import Metrics
+from monitor.metrics import REASON_UNDECODABLE, Metrics
 from monitor.scoring.registry import build_embeddings
 from monitor.scoring.semantic import SemanticScorer
-from streams.kafka import deliver
+from monitor.windows.stats import EventSource
+from streams.kafka import deliver, origin_offset, raw_message, send_internal_dead_letter
 from streams.observe import observe_semantic
 
 log = logging.getLogger(__name__)
@@ -32,7 +40,9 @@ def add_embed_role(
     embeddings = build_embeddings(settings.detectors)
     scorer = SemanticScorer(settings.detectors, embeddings, window_s=settings.pipeline.window_s)
     scored, partials = topics[k.scored_topic], topics[k.partials_topic]
+    dlq = topics[k.dlq_topic]
     batch = min(settings.pipeline.batch_size, embeddings.max_batch)
+    metrics.internal_dead_letters.labels(k.embed_topic, REASON_UNDECODABLE)  # zero for alerts
 
     @app.agent(topics[k.embed_topic], name="embed")
     async def embed(stream: Any) -> None:
@@ -40,12 +50,20 @@ def add_embed_role(
         await embeddings.run_on_model_thread(embeddings.start)
         log.info("embed role: %s on %s", ", ".join(scorer.names), embeddings.device)
         async for records in stream.take_events(batch, within=settings.pipeline.batch_wait_s):
-            events = decode_forwarded(records)
+            forwarded = decode_forwarded(
+                [raw_message(r) for r in records], k.events_topic,
+                [origin_offset(r) for r in records], settings.pipeline.max_event_bytes,
+            )  # fmt: skip
+            await deliver([
+                await send_internal_dead_letter(dlq, m, REASON_UNDECODABLE, error, metrics)
+                for m, error in forwarded.undecodable
+            ])  # fmt: skip
+            events = forwarded.events
             if not events:
                 continue
             hits_before = embeddings.stats.cache_hits
             started = time.perf_counter()
-            result = await embeddings.run_on_model_thread(scorer.process, events)
+            result = await embeddings.run_on_model_thread(scorer.process, events, forwarded.sources)
             metrics.embed_batch_seconds.observe(time.perf_counter() - started)
             sends = []
             if result.scored.findings:
@@ -59,12 +77,44 @@ def add_embed_role(
             observe_semantic(metrics, len(events), result, hits)
 
 
-def decode_forwarded(records: list[Any]) -> list[Event]:
-    """Events the score role validated; one that no longer decodes is logged, not retried."""
-    events = []
-    for record in records:
+@dataclass
+class Forwarded:
+    """A batch of forwarded records: the events, and the records that do not decode (with
+    the error) to dead-letter."""
+
+    events: list[Event] = field(default_factory=list)
+    sources: list[EventSource] = field(default_factory=list)
+    undecodable: list[tuple[RawMessage, str]] = field(default_factory=list)
+
+
+def decode_forwarded(
+    messages: list[RawMessage],
+    events_topic: str,
+    origins: list[int | None],
+    max_bytes: int,
+) -> Forwarded:
+    """Events the score role validated, each with where it was first read (its llm.events
+    record, from the forwarding header; else this record); one that no longer decodes is set
+    apart, not retried."""
+    out = Forwarded()
+    for message, origin in zip(messages, origins, strict=True):
         try:
-            events.append(decode_event(record.value))
+            event = decode_event(message.value, max_bytes=max_bytes)
         except SchemaError as exc:
-            log.warning("embed: skipping undecodable forwarded event: %s", exc.reason)
-    return events
+            error = str(exc)
+        except Exception as exc:  # whatever a record holds, it is never the batch's end
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            out.events.append(event)
+            out.sources.append(
+                EventSource(message.topic, message.partition, message.offset)
+                if origin is None
+                else EventSource(events_topic, message.partition, origin)
+            )
+            continue
+        log.warning(
+            "embed: dead-lettering undecodable %s[%d]@%d: %s",
+            message.topic, message.partition, message.offset, error,
+        )  # fmt: skip
+        out.undecodable.append((message, error))
+    return out

@@ -13,6 +13,25 @@ from aiokafka.partitioner import murmur2
 from monitor.ingest.decode import RawMessage, dead_letter
 from monitor.metrics import Metrics
 
+# Forwarded events (score role → embed topic) carry the offset of their llm.events record, and
+# go to the same partition number: the embed role's window contributions then name the same
+# source as the score role's, in its offset order, so a re-forwarded copy is merged once.
+ORIGIN_OFFSET_HEADER = "llm-monitor-origin-offset"
+
+
+def forward_headers(message: RawMessage) -> dict[str, bytes]:
+    """Headers naming where a forwarded record was first read."""
+    return {ORIGIN_OFFSET_HEADER: str(message.offset).encode()}
+
+
+def origin_offset(event: Any) -> int | None:
+    """The llm.events offset a forwarded record carries, or None (a record without it)."""
+    value = (getattr(event, "headers", None) or {}).get(ORIGIN_OFFSET_HEADER)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
 
 def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""

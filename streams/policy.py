@@ -7,6 +7,10 @@ incidents and API audit entries go to ``llm.policy`` for the sink; acting decisi
 ``llm.actions``, where the dispatch agent delivers them (offsets commit after delivery or
 the deadline). The HTTP surfaces (kill-switch API, Flagger gate, status) are in
 streams/policy_api.py.
+
+A record either agent cannot decode (or the engine cannot process) is dead-lettered with its
+topic/partition/offset and the reason, and the agent goes on with the next: one bad record
+never stops the policy.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -23,12 +28,13 @@ from pydantic import SecretStr
 
 from monitor.config import Settings
 from monitor.errors import ConfigError
-from monitor.metrics import Metrics
+from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
 from monitor.policy.records import ActionAttempt, ActionRequest, AuditEntry, PolicyRecords
 from monitor.windows.stats import WindowStats
+from streams.kafka import deliver, raw_message, send_internal_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +118,15 @@ class PolicyRole:
         if sends:
             await asyncio.gather(*sends)
 
-    async def apply(self, command: ControlCommand) -> None:
-        """Engage or release, publish the change, and answer the API call waiting for it."""
-        out = self.engine.set_kill(
+    def decide_kill(self, command: ControlCommand) -> EngineOutput:
+        """The engine's engage or release for ``command`` (state changed, nothing published)."""
+        return self.engine.set_kill(
             command.model, command.deployment, engage=command.engage,
             reason=command.reason, actor=command.actor,
         )  # fmt: skip
-        await self.publish(out)
+
+    def answer(self, command: ControlCommand) -> None:
+        """Answer the API call waiting for ``command``, if any, with the switch's state."""
         waiter = self.applied.pop(command.command_id, None)
         if waiter is not None and not waiter.done():
             state = self.engine.kill_state(command.model, command.deployment)
@@ -145,19 +153,38 @@ def add_policy_role(
         k.windows_topic, k.control_topic, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw",
     )  # fmt: skip
+    refuse = partial(_refuse, topics[k.dlq_topic], metrics)
 
     @app.agent(inbound, name="policy")
     async def decide(stream: Any) -> None:
         async for event in stream.events():
-            if event.message.topic == k.windows_topic:
-                await role.publish(role.engine.observe(_window.decode(event.value)))
-            else:
-                await role.apply(_command.decode(event.value))
+            decoder = _window if event.message.topic == k.windows_topic else _command
+            try:
+                item = decoder.decode(event.value)
+            except msgspec.DecodeError as exc:
+                await refuse(event, REASON_UNDECODABLE, exc)
+                continue
+            try:  # the engine is pure: a failure here is this record's, not the cluster's
+                if isinstance(item, WindowStats):
+                    out = role.engine.observe(item)
+                else:
+                    out = role.decide_kill(item)
+            except Exception as exc:
+                log.exception("policy: the engine cannot process a %s record", event.message.topic)
+                await refuse(event, REASON_UNPROCESSABLE, exc)
+                continue
+            await role.publish(out)
+            if isinstance(item, ControlCommand):
+                role.answer(item)
 
     @app.agent(role.actions_out, name="dispatch")
     async def dispatch(stream: Any) -> None:
         async for event in stream.events():
-            request = _action.decode(event.value)
+            try:
+                request = _action.decode(event.value)
+            except msgspec.DecodeError as exc:
+                await refuse(event, REASON_UNDECODABLE, exc)
+                continue
             if dispatcher is None or not dispatcher.urls(request.action):
                 log.warning("no webhook configured for %s %s", request.action, request.model)
                 continue
@@ -169,11 +196,26 @@ def add_policy_role(
 
             await dispatcher.deliver(request, record)
 
+    for topic in (k.windows_topic, k.control_topic, k.actions_topic):
+        for reason in (REASON_UNDECODABLE, REASON_UNPROCESSABLE):
+            metrics.internal_dead_letters.labels(topic, reason)  # zeros the alert sees
+
     @app.timer(interval=GAUGE_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def export_state() -> None:
         export_policy_state(role.engine, policy, metrics)
 
     return role
+
+
+async def _refuse(dlq: Any, metrics: Metrics, event: Any, reason: str, exc: Exception) -> None:
+    """Dead-letter a record the role cannot use, so its agent goes on with the next."""
+    message = raw_message(event)
+    log.warning(
+        "policy: dead-lettering %s[%d]@%d (%s): %s",
+        message.topic, message.partition, message.offset, reason, exc,
+    )  # fmt: skip
+    error = f"{type(exc).__name__}: {exc}"
+    await deliver([await send_internal_dead_letter(dlq, message, reason, error, metrics)])
 
 
 def export_policy_state(engine: PolicyEngine, policy: Policy, metrics: Metrics) -> None:

@@ -3,24 +3,129 @@
 Bad events go to the DLQ; scored rows to the sink; window partials to the aggregator; with a
 semantic detector on, every valid event is forwarded to the embed topic too. Offsets commit
 only after every produced record is acknowledged.
+
+Scoring and encoding run in a worker thread (``prepare``), so /health and /metrics answer
+during a large batch. Nothing in a batch can crash the agent: scored rows are split into
+records under the producers' size limit, and when a batch fails as a whole (a detector or an
+encoder raising) it is split until the failing records are alone; only those are
+dead-lettered (``unprocessable``, or ``too_large`` for a row that fits no record).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 import faust
 import msgspec
 
 from monitor.config import Settings
+from monitor.ingest.decode import ArrivalBounds, RawMessage, dead_letter
+from monitor.ingest.events import REASON_TOO_LARGE, REASON_UNPROCESSABLE
 from monitor.metrics import Metrics
-from monitor.scoring.pipeline import Pipeline
+from monitor.scoring.pipeline import Pipeline, PipelineResult
 from monitor.scoring.registry import build_registry
-from streams.kafka import deliver, raw_message
+from monitor.scoring.rows import EventRow, ScoredBatch
+from streams.kafka import deliver, forward_headers, raw_message
 from streams.observe import observe_scoring
+
+log = logging.getLogger(__name__)
 
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
+# One produced record stays under the producers' 4 MiB request limit, with room to spare.
+RECORD_LIMIT: Final = 3 * 1_048_576
+
+
+class RowTooLarge(ValueError):
+    """One event's scored row (with its findings) does not fit one record."""
+
+
+@dataclass
+class Part:
+    """A batch, or a part of one, as scored: how many records it held, the pipeline's result
+    and every record to send, encoded."""
+
+    received: int
+    result: PipelineResult
+    dead_letters: list[tuple[bytes | None, bytes]]
+    scored: list[bytes]
+    partials: list[tuple[bytes, bytes]]
+
+
+def prepare(
+    pipeline: Pipeline, messages: Sequence[RawMessage], *, record_limit: int = RECORD_LIMIT
+) -> list[Part]:
+    """Score and encode one batch (CPU-heavy: call it in a worker thread).
+
+    When the batch fails as a whole (a detector or an encoder raising, a row over the record
+    limit), it is split in halves until each failing record is alone; that record becomes a
+    dead letter and the others are scored as usual. So it never raises for what a record
+    contains, and one bad record costs about one more pass over its batch."""
+    try:
+        return [encode(len(messages), pipeline.process(messages), record_limit)]
+    except Exception as exc:
+        if len(messages) == 1:
+            return [_failed(messages[0], exc, record_limit)]
+        if not messages:
+            raise
+    log.info("a batch of %d records failed; splitting it to find the cause", len(messages))
+    half = len(messages) // 2
+    return [
+        part
+        for sub in (messages[:half], messages[half:])
+        for part in prepare(pipeline, sub, record_limit=record_limit)
+    ]
+
+
+def _failed(message: RawMessage, exc: Exception, record_limit: int) -> Part:
+    """The dead letter of a record that fails alone: ``too_large`` or ``unprocessable``."""
+    log.error("record %s/%d@%d failed: %r", message.topic, message.partition, message.offset, exc)
+    reason = REASON_TOO_LARGE if isinstance(exc, RowTooLarge) else REASON_UNPROCESSABLE
+    now_ms = time.time_ns() // 1_000_000
+    letter = dead_letter(message, reason, f"{type(exc).__name__}: {exc}", now_ms)
+    result = PipelineResult(
+        scored=ScoredBatch(events=[], findings=[]), dead_letters=[letter], partials=[], events=[]
+    )
+    return encode(1, result, record_limit)
+
+
+def encode(received: int, result: PipelineResult, record_limit: int = RECORD_LIMIT) -> Part:
+    """Every record of ``result``; raises when a row cannot be encoded or fits no record."""
+    return Part(
+        received=received,
+        result=result,
+        dead_letters=[(d.key, _json.encode(d)) for d in result.dead_letters],
+        scored=scored_records(result.scored, record_limit) if result.scored.events else [],
+        partials=[(p.key.encode(), _msgpack.encode(p)) for p in result.partials],
+    )
+
+
+def scored_records(batch: ScoredBatch, record_limit: int = RECORD_LIMIT) -> list[bytes]:
+    """``batch`` as msgpack records of at most ``record_limit`` bytes, halving it until each
+    part fits; each row travels with its findings. RowTooLarge when one row alone is over."""
+    value = _msgpack.encode(batch)
+    if len(value) <= record_limit:
+        return [value]
+    if len(batch.events) == 1:
+        raise RowTooLarge(f"its scored row is {len(value)} bytes, over the {record_limit} limit")
+    half = len(batch.events) // 2
+    return [
+        record
+        for rows in (batch.events[:half], batch.events[half:])
+        for record in scored_records(_with_findings(rows, batch), record_limit)
+    ]
+
+
+def _with_findings(rows: list[EventRow], batch: ScoredBatch) -> ScoredBatch:
+    ids = {row.request_id for row in rows}
+    return ScoredBatch(
+        events=rows, findings=[f for f in batch.findings if f.finding.request_id in ids]
+    )
 
 
 def add_score_role(
@@ -32,6 +137,7 @@ def add_score_role(
         redact_pii=settings.storage.redact,
         max_event_bytes=settings.pipeline.max_event_bytes,
         window_s=settings.pipeline.window_s,
+        bounds=ArrivalBounds.of(settings.pipeline),
     )
     dlq, scored, partials = topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic]
     embed = topics[k.embed_topic] if settings.detectors.semantic_enabled else None
@@ -42,18 +148,23 @@ def add_score_role(
             settings.pipeline.batch_size, within=settings.pipeline.batch_wait_s
         ):
             messages = [raw_message(e) for e in events]
-            result = pipeline.process(messages)
-            sends = [await dlq.send(key=d.key, value=_json.encode(d)) for d in result.dead_letters]
+            parts = await asyncio.to_thread(prepare, pipeline, messages)
+            sends = []
+            for part in parts:
+                for key, value in part.dead_letters:
+                    sends.append(await dlq.send(key=key, value=value))
+                for value in part.scored:
+                    sends.append(await scored.send(value=value))
+                for key, value in part.partials:
+                    sends.append(await partials.send(key=key, value=value))
             if embed is not None:
-                dead = {(d.partition, d.offset) for d in result.dead_letters}
+                dead = {(d.partition, d.offset) for p in parts for d in p.result.dead_letters}
                 for m in messages:
                     if (m.partition, m.offset) not in dead:
-                        sends.append(await embed.send(key=m.key, value=m.value))
-            if result.scored.events:
-                sends.append(await scored.send(value=_msgpack.encode(result.scored)))
-            for part in result.partials:
-                sends.append(
-                    await partials.send(key=part.key.encode(), value=_msgpack.encode(part))
-                )
+                        sends.append(await embed.send(
+                            key=m.key, value=m.value, partition=m.partition,
+                            headers=forward_headers(m),
+                        ))  # fmt: skip
             await deliver(sends)
-            observe_scoring(metrics, len(events), result)
+            for part in parts:
+                observe_scoring(metrics, part.received, part.result)

@@ -12,13 +12,22 @@ walking that stale batch, moves the read offset past them after the seek, so the
 copies are dropped as already read. The partition's commit then stalls behind the hole until
 the next restart. ``seek_before_resume`` defers resuming stream partitions until the seek is
 done, which is the order the recovery means.
+
+And table recovery stops short: faust recovers a changelog up to the high watermark that
+ListOffsets reports, and the bundled broker (tansu) reports one past the *first* record of a
+partition's last batch, so the newest table writes (windows, kill switches) could be lost while
+the records that made them are committed. ``recover_to_log_end`` reads each changelog partition
+to its last record before recovery decides where to stop.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -64,3 +73,47 @@ def seek_before_resume() -> None:
 
     Consumer.resume_partitions = resume_partitions  # type: ignore[method-assign,assignment]
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
+_build_highwaters = Recovery._build_highwaters
+
+
+def recover_to_log_end() -> None:
+    """Make faust's table recovery read each changelog partition to its last record."""
+    if getattr(Recovery._build_highwaters, "to_log_end", False):
+        return
+
+    async def build(
+        self: Recovery, consumer: Any, tps: set[Any], destination: Counter[Any], title: str
+    ) -> None:
+        await _build_highwaters(self, consumer, tps, destination, title)
+        if not destination:
+            return
+        bootstrap = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker)
+        for tp, offset in (await last_offsets(bootstrap, dict(destination))).items():
+            if offset > destination[tp]:
+                self.log.info("%s ends at offset %d, not %d: recovering to it", tp, offset,
+                              destination[tp])  # fmt: skip
+                destination[tp] = offset
+
+    build.to_log_end = True  # type: ignore[attr-defined]
+    Recovery._build_highwaters = build  # type: ignore[method-assign]
+
+
+async def last_offsets(bootstrap: str, known: dict[Any, int]) -> dict[Any, int]:
+    """Each partition's last offset, read from ``known[tp]`` (a last offset, or -1) on."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in known}
+        reader.assign(list(partitions))
+        for partition, tp in partitions.items():
+            reader.seek(partition, max(known[tp], 0))
+        last = dict(known)
+        while batches := await reader.getmany(timeout_ms=500, max_records=10_000):
+            for partition, records in batches.items():
+                tp = partitions[partition]
+                last[tp] = max(last[tp], records[-1].offset)
+        return last
+    finally:
+        await reader.stop()

@@ -1,4 +1,9 @@
-"""The HTTP surfaces every worker has: /metrics, /health, and consumer lag as a metric."""
+"""The HTTP surfaces every worker has: /metrics, /health, and consumer lag as a metric.
+
+/health says ``recovered`` once the worker owns partitions and its tables (windows, kill
+switches) are restored from their changelogs: before that, state read from them is empty, so
+readiness probes and the policy API wait for it.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ def add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
                     "app_id": app.conf.id,
                     "roles": list(settings.active_roles),
                     "assigned_partitions": len(assignment),
+                    "recovered": recovered(app),
                     "uptime_s": round(time.time() - started, 1),
                 }
             )
@@ -50,3 +56,12 @@ def add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
                 continue
             done = committed.get(tp) or 0
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
+
+
+def recovered(app: faust.App) -> bool:
+    """The worker owns partitions and has restored its tables from their changelogs (faust's
+    recovery runs after every rebalance, tables or not, and ends by resuming the streams)."""
+    if app.consumer is None or not app.consumer.assignment():
+        return False
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    return bool(recovery.completed.is_set()) and not app.in_recovery

@@ -113,11 +113,12 @@ class WorkerHarness:
         return process
 
     def ready(self) -> bool:
-        """The worker answers /health and owns partitions."""
+        """The worker answers /health, owns partitions and has restored its tables."""
         try:
             url = f"http://127.0.0.1:{self.port}/health"
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-                return int(json.loads(response.read())["assigned_partitions"]) > 0
+                health = json.loads(response.read())
+                return int(health["assigned_partitions"]) > 0 and bool(health["recovered"])
         except OSError:
             return False
 

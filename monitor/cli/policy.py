@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,9 @@ from monitor.errors import MonitorError
 
 killswitch_app = typer.Typer(no_args_is_help=True, help="Engage, release or read kill switches.")
 incident_app = typer.Typer(no_args_is_help=True, help="Postmortem drafts from stored evidence.")
-policy_app = typer.Typer(no_args_is_help=True, help="Check policy files.")
+policy_app = typer.Typer(
+    no_args_is_help=True, help="Check policy files; print the Flagger gate token."
+)
 
 
 WorkerUrl = Annotated[
@@ -132,22 +135,50 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
     )
 
 
+@policy_app.command("gate-token")
+def policy_gate_token(token_env: TokenEnv = TOKEN_ENV) -> None:
+    """Print the Flagger gate's token, derived from the API token: the Canary's webhook sends
+    it as metadata.token (Flagger cannot send headers). It opens /flagger/gate and nothing else."""
+    from monitor.policy.signing import gate_token
+
+    token = os.environ.get(token_env)
+    if not token:
+        fail(MonitorError(f"set {token_env} to the kill-switch API token"))
+    sys.stdout.write(gate_token(token.encode()).decode() + "\n")
+
+
+StorePath = Annotated[
+    Path,
+    typer.Option(
+        "--store",
+        help="sqlite file of accepted signatures and delivered idempotency keys, so that a "
+        "delivery replayed after a restart is still refused (created when missing)",
+    ),
+]
+
+
 def receiver(
     port: Annotated[int, typer.Option()] = 9095,
     secret_env: Annotated[
         str, typer.Option(help="variable holding the webhook secret")
     ] = SECRET_ENV,
+    store: StorePath = Path("data/receiver-seen.sqlite3"),
 ) -> None:
     """Run the reference webhook receiver on 127.0.0.1:PORT, verifying signatures."""
     from monitor.policy.receiver import Receiver
-    from monitor.policy.signing import Verifier
 
     secret = os.environ.get(secret_env, "")
     if not secret:
         fail(MonitorError(f"set {secret_env} to the webhook secret"))
-    r = Receiver(Verifier(secret.encode()))
+    try:
+        r = Receiver.persistent(secret.encode(), store)
+    except (OSError, sqlite3.Error) as exc:
+        fail(MonitorError(f"--store {store}: {exc}. Fix: point --store at a writable file"))
     url = r.serve(port)
-    err.print(f"receiver on {url} (POST /rollback, /kill, /resume; /alertmanager unsigned)")
+    err.print(
+        f"receiver on {url} (POST /rollback, /kill, /resume; /alertmanager unsigned); "
+        f"replay memory in {store}"
+    )
     seen = 0
     try:
         while True:

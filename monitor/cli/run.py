@@ -6,13 +6,53 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.progress import Progress
 
 from monitor.cli.common import DataDir, console, err, fail, request_id_of, settings_for
 from monitor.errors import MonitorError
+
+# The publisher's request limit is 4 MiB (monitor/client.py); a larger line cannot be sent,
+# and the worker would refuse it as too_large anyway. Leave room for the record's overhead.
+MAX_LINE_BYTES: Final = 4 * 1_048_576 - 64 * 1024
+MAX_KEY_BYTES: Final = 1024
+
+
+def read_lines(path: Path) -> list[bytes]:
+    """The non-blank lines of a JSONL file; a line too large to publish is reported and left
+    out (the broker would refuse it), never silently."""
+    lines: list[bytes] = []
+    skipped: list[int] = []
+    try:
+        with path.open("rb") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                if len(line) > MAX_LINE_BYTES:
+                    skipped.append(number)
+                    continue
+                lines.append(line.rstrip(b"\n"))
+    except OSError as exc:
+        raise MonitorError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+        err.print(
+            f"[yellow]warning:[/] left out {len(skipped)} line(s) over {MAX_LINE_BYTES} bytes, "
+            f"the largest record the publisher sends: line {shown}"
+        )
+    return lines
+
+
+def record_key(line: bytes) -> bytes:
+    """The record key for a line: its request_id, or empty when the line has none usable (it
+    is not an event, nests too deep to read, ...): the worker dead-letters such lines."""
+    try:
+        key = request_id_of(line)
+    except Exception:  # e.g. RecursionError on deeply nested JSON
+        return b""
+    return key if len(key) <= MAX_KEY_BYTES else b""
 
 
 def demo(
@@ -34,7 +74,7 @@ def demo(
     try:
         settings = settings_for(data_dir or Path("data"))
         if input is not None:
-            records = [(b"", line.rstrip(b"\n")) for line in input.open("rb") if line.strip()]
+            records = [(b"", line) for line in read_lines(input)]
         else:
             records = list(generate_events(events, seed=seed))
         run_demo(settings, records, semantic=semantic)
@@ -46,11 +86,13 @@ def worker() -> None:
     """Run a long-lived worker for the roles in LLM_MONITOR_ROLES (default: all)."""
     import faust
 
+    from monitor.config import ensure_data_dir
     from streams.app import app_id_for, create_app
     from streams.topics import ensure_topics, pipeline_topics
 
     try:
         settings = settings_for()
+        ensure_data_dir(settings)
         bootstrap = settings.kafka.bootstrap_servers
         if bootstrap:
             asyncio.run(
@@ -80,15 +122,14 @@ def replay(
         settings = settings_for()
         if not settings.kafka.bootstrap_servers:
             raise MonitorError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into")
-        lines = [line.rstrip(b"\n") for line in file.open("rb") if line.strip()]
+        lines = read_lines(file)
         with Progress(console=err) as bar:
             task = bar.add_task(f"replaying {file.name}", total=len(lines))
 
             def records() -> Any:
                 for line in lines:
                     bar.advance(task)
-                    key = request_id_of(line)
-                    yield key, line
+                    yield record_key(line), line
 
             sent = asyncio.run(
                 produce(

@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from monitor.client import produce
-from monitor.config import Settings
+from monitor.config import Settings, ensure_data_dir
 from monitor.devtools.broker import BundledBroker, free_port, start_broker
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.errors import MonitorError
+from monitor.ingest.decode import ArrivalBounds, RawMessage, decode_batch
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.storage.sink import EVIDENCE_DELAY_S
@@ -150,6 +151,22 @@ def wait_until(
     )
 
 
+def expected_outcome(settings: Settings, records: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """How many records the worker will store as events and as dead letters: decoded with the
+    worker's rules (size, schema, event time within the configured bounds of now)."""
+    messages = [
+        RawMessage(value, key, settings.kafka.events_topic, 0, offset, 0)
+        for offset, (key, value) in enumerate(records)
+    ]
+    decoded = decode_batch(
+        messages,
+        max_bytes=settings.pipeline.max_event_bytes,
+        now_ms=lambda: time.time_ns() // 1_000_000,
+        bounds=ArrivalBounds.of(settings.pipeline),
+    )
+    return len(decoded.events), len(decoded.dead_letters)
+
+
 def run_demo(
     settings: Settings,
     records: list[tuple[bytes, bytes]],
@@ -159,17 +176,9 @@ def run_demo(
 ) -> None:
     """Run the whole demo; raises MonitorError when something is not accounted for."""
     from monitor.devtools.report import print_actions, print_summary
-    from monitor.errors import SchemaError
-    from monitor.ingest.events import decode_event
 
-    expected_events, expected_dead = 0, 0
-    for _, value in records:
-        try:
-            decode_event(value, max_bytes=settings.pipeline.max_event_bytes)
-            expected_events += 1
-        except SchemaError:
-            expected_dead += 1
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    expected_events, expected_dead = expected_outcome(settings, records)
+    ensure_data_dir(settings)
     logs = settings.data_dir / "logs"
     logs.mkdir(exist_ok=True)
     broker: BundledBroker | None = None

@@ -24,6 +24,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     error: str
     kafka_timestamp_ms: int
     received_at_ms: int
+    raw_size: int = 0  # the original length when ``raw`` was cut to fit the DLQ; 0: not cut
 
 
 def redact_raw(raw: bytes, scanner: PiiScanner) -> str:
@@ -62,7 +63,7 @@ class DeadLetterRow(msgspec.Struct, kw_only=True):
             offset=letter.offset,
             key=(letter.key or b"").decode("utf-8", errors="replace"),
             raw=raw,
-            raw_bytes=len(letter.raw),
+            raw_bytes=letter.raw_size or len(letter.raw),
             raw_redacted=scanner is not None,
             reason=letter.reason,
             error=letter.error,

@@ -269,6 +269,30 @@ def pipeline_alerts() -> list[Alert]:
             "A producer is sending malformed events; see dead_letters by reason.",
             duration="10m",
         ),
+        Alert(
+            "LLMMonitorInternalDeadLetters",
+            "sum by (topic, reason) (increase(llm_monitor_internal_dead_letters_total[10m])) > 0",
+            "warning",
+            "Records of {{ $labels.topic }} dead-lettered ({{ $labels.reason }})",
+            "A worker could not decode, process or store records of an internal topic; they "
+            "are in dead_letters with topic, partition, offset and raw bytes.",
+        ),
+        Alert(
+            "LLMMonitorSpoolQuarantined",
+            "sum by (reason) (increase(llm_monitor_spool_quarantined_total[1h])) > 0",
+            "page",
+            "A spooled batch could not be replayed ({{ $labels.reason }})",
+            "The sink moved a spool entry to spool/quarantine/; some of its rows are not in "
+            "ClickHouse. The worker log names the file and how to re-produce its records.",
+        ),
+        Alert(
+            "LLMMonitorSinkDroppedRecords",
+            "sum by (topic) (increase(llm_monitor_sink_dropped_records_total[10m])) > 0",
+            "page",
+            "Records of {{ $labels.topic }} could be neither stored nor dead-lettered",
+            "They stay in Kafka until the topic's retention; the worker log has their "
+            "topic/partition/offset.",
+        ),
     ]
 
 

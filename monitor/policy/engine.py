@@ -271,6 +271,8 @@ class PolicyEngine:
         for start in sorted(windows)[: -max(KEPT_WINDOWS, self.policy.evaluation_windows)]:
             del windows[start]
         span = [w for start, w in sorted(windows.items()) if start <= stats.window_start_ms]
+        if not span:  # older than every window kept: history, not news
+            return EngineOutput()
         merged = Merged.of(span[-self.policy.evaluation_windows :])
         self._last_merged[series] = merged
         out = EngineOutput()

@@ -84,7 +84,8 @@ class KillSwitchState(msgspec.Struct, kw_only=True):
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
-    """Every call to the kill-switch API, allowed or not. Never holds the token."""
+    """Every call to the policy API (kill switch, status, Flagger gate), allowed or not. Never
+    holds the token."""
 
     at_ms: EpochMs
     remote: str

@@ -3,7 +3,10 @@
 No I/O here. ``Pipeline.process`` decodes and validates each message (monitor/ingest: bad ones
 become ``DeadLetter`` records with their raw bytes and reason), runs every registered detector
 over the valid events in one batch, redacts PII from text before it can be persisted, and
-builds mergeable window partials. The streams layer moves the result between Kafka topics.
+builds mergeable window partials. Each partial carries where its events were read (topic,
+partition, offset of every record: ``event_sources``), so the aggregator can merge a batch
+that is processed again after a crash without counting its events twice. The streams layer
+moves the result between Kafka topics.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from dataclasses import dataclass, field
 
 from detectors.base import DetectorRegistry, Finding, run_detectors
 from detectors.pii import PiiDetector, PiiMatch, PiiScanner, PiiType, redact
-from monitor.ingest.decode import RawMessage, decode_batch
+from monitor.ingest.decode import ArrivalBounds, RawMessage, decode_batch
 from monitor.ingest.dlq import DeadLetter
 from monitor.ingest.events import Event
 from monitor.scoring.rows import EventRow, FindingRow, ScoredBatch
-from monitor.windows.stats import WindowPartial, build_partials
+from monitor.windows.stats import EventSource, WindowPartial, build_partials
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Pipeline:
         max_event_bytes: int = 1_000_000,
         window_s: int = 60,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        bounds: ArrivalBounds | None = None,
     ) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
@@ -49,6 +53,7 @@ class Pipeline:
         self.max_event_bytes = max_event_bytes
         self.window_s = window_s
         self._wall_clock_ms = wall_clock_ms
+        self.bounds = bounds  # event time relative to arrival; None: no bound (tests, tools)
         self._scanner = PiiScanner()
         self._pii_detector = next(
             (
@@ -60,7 +65,10 @@ class Pipeline:
         )
 
     def process(self, messages: Sequence[RawMessage]) -> PipelineResult:
-        decoded = decode_batch(messages, max_bytes=self.max_event_bytes, now_ms=self._wall_clock_ms)
+        decoded = decode_batch(
+            messages, max_bytes=self.max_event_bytes, now_ms=self._wall_clock_ms,
+            bounds=self.bounds,
+        )  # fmt: skip
         events, produced_at, dead = decoded.events, decoded.produced_at_ms, decoded.dead_letters
         findings, seconds = run_detectors(self.registry, events)
 
@@ -77,7 +85,7 @@ class Pipeline:
         return PipelineResult(
             scored=ScoredBatch(events=rows, findings=finding_rows),
             dead_letters=dead,
-            partials=build_partials(events, findings, self.window_s),
+            partials=build_partials(events, findings, self.window_s, event_sources(messages, dead)),
             events=events,
             detector_seconds=seconds,
         )
@@ -148,3 +156,14 @@ class Pipeline:
         matches = self._scanner.scan(text)
         pii_types.update(m.type for m in matches)
         return redact(text, matches)
+
+
+def event_sources(messages: Sequence[RawMessage], dead: Sequence[DeadLetter]) -> list[EventSource]:
+    """Where each valid event was read: the records that did not become dead letters, in order
+    (``decode_batch`` turns every record into exactly one of the two, in order)."""
+    refused = {(d.topic, d.partition, d.offset) for d in dead}
+    return [
+        EventSource(m.topic, m.partition, m.offset)
+        for m in messages
+        if (m.topic, m.partition, m.offset) not in refused
+    ]

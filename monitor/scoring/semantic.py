@@ -5,7 +5,12 @@ or the one process in single-worker mode) decodes a batch and hands it to
 ``SemanticScorer.process``, which runs the embedding-backed detectors, counts each event's
 bias group, and tests each model version's responses for drift against its reference. The
 result is findings for the sink and flags-only window partials for the aggregator, so these
-findings land in the same tables and windows as the cheap detectors' ones.
+findings land in the same tables and windows as the cheap detectors' ones. Given where each
+event was read (``sources``), the partials carry it, so a batch processed again after a crash
+adds its flags to the windows once (see monitor/windows/aggregate.py). With the embed records'
+own offsets as sources, an event that a crashed score worker forwarded twice is two records,
+so its flags count twice; the event's origin (its llm.events partition and offset, forwarded
+to the same partition number) as source makes those copies one.
 
 Synchronous and CPU/GPU-bound: the streams layer runs it on the embedding service's own thread.
 """
@@ -25,7 +30,7 @@ from monitor.ingest.events import Event
 from monitor.scoring.registry import build_semantic_detectors
 from monitor.scoring.rows import FindingRow, ScoredBatch
 from monitor.windows.drift import EmbeddingDrift
-from monitor.windows.stats import WindowPartial, finding_partials
+from monitor.windows.stats import EventSource, WindowPartial, finding_partials
 
 
 @dataclass
@@ -57,7 +62,10 @@ class SemanticScorer:
         names = tuple(d.name for d in self.detectors)
         return names + ((DRIFT_DETECTOR,) if self.drift else ())
 
-    def process(self, events: Sequence[Event]) -> SemanticResult:
+    def process(
+        self, events: Sequence[Event], sources: Sequence[EventSource] | None = None
+    ) -> SemanticResult:
+        """Score ``events``; ``sources[i]``, when given, is where ``events[i]`` was read."""
         texts_before = self.embeddings.stats.texts
         findings, seconds = run_detectors(self.detectors, events)
         # Bias may run without toxicity being a reported detector; its flags still count.
@@ -73,7 +81,7 @@ class SemanticScorer:
         groups = self._groups(events, findings) if self.settings.bias.enabled else None
         return SemanticResult(
             scored=ScoredBatch(events=[], findings=rows),
-            partials=finding_partials(events, reported, self.window_s, groups),
+            partials=finding_partials(events, reported, self.window_s, groups, sources),
             detector_seconds=seconds,
             texts=self.embeddings.stats.texts - texts_before,
         )

@@ -31,6 +31,7 @@ DEFAULT_SHARDING = "cityHash64(model, model_version, deployment)"
 CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS \{db\}\.(\w+) \(", re.IGNORECASE)
 ENGINE = re.compile(r"ENGINE = (\w*)MergeTree(\(([^)]*)\))?")
 ALTER = re.compile(r"ALTER TABLE \{db\}\.(\w+)")
+STORAGE_ONLY = re.compile(r"\bMODIFY (COLUMN \w+ )?TTL\b")  # Distributed tables refuse TTLs
 
 
 def _replicated(statement: str, table: str) -> str:
@@ -66,7 +67,8 @@ def cluster_statements(cluster: str, database: str = "llm_monitor") -> list[str]
             elif ALTER.match(statement):
                 table = ALTER.match(statement).group(1)  # type: ignore[union-attr]
                 out.append(statement.replace(f"{{db}}.{table}", f"{{db}}.{table}_local {on}", 1))
-                out.append(statement.replace(f"{{db}}.{table}", f"{{db}}.{table} {on}", 1))
+                if not STORAGE_ONLY.search(statement):
+                    out.append(statement.replace(f"{{db}}.{table}", f"{{db}}.{table} {on}", 1))
             elif statement.startswith("CREATE MATERIALIZED VIEW"):
                 for table in local_tables:  # a view sees the inserts of its own shard
                     statement = re.sub(rf"\{{db\}}\.{table}\b", f"{{db}}.{table}_local", statement)

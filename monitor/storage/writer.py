@@ -6,9 +6,9 @@ batch that is retried or replayed from Kafka collapses instead of duplicating.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from clickhouse_connect.driver.client import Client
@@ -67,6 +67,12 @@ def _dt(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC)
 
 
+def table_rows(table: str, rows: Iterable[msgspec.Struct]) -> list[Sequence[Any]]:
+    """The insert values of ``rows`` (of ``TABLES[table]``) in the table's column order: what
+    ``insert_rows`` takes. Pure, so callers can build them before they take a lock."""
+    return list(map(columns_of(TABLES[table]).values, rows))
+
+
 class ClickHouseWriter:
     """Inserts rows for one database. Synchronous: callers run it off the event loop."""
 
@@ -78,15 +84,17 @@ class ClickHouseWriter:
 
     def _insert(self, table: str, rows: Sequence[msgspec.Struct]) -> int:
         """One insert of ``rows`` (of ``TABLES[table]``) with the columns derived from the type."""
-        if rows:
-            columns = columns_of(TABLES[table])
-            values = columns.values
+        return self.insert_rows(table, table_rows(table, rows))
+
+    def insert_rows(self, table: str, values: Sequence[Sequence[Any]]) -> int:
+        """One insert of values built as ``table_rows`` builds them; nothing is sent for none."""
+        if values:
             self.client.insert(
                 f"{self.database}.{table}",
-                [values(row) for row in rows],
-                column_names=list(columns.names),
+                values,
+                column_names=list(columns_of(TABLES[table]).names),
             )
-        return len(rows)
+        return len(values)
 
     def write_events(self, rows: Sequence[EventRow]) -> int:
         return self._insert("events", rows)

@@ -19,7 +19,7 @@ from monitor.client import produce
 from monitor.devtools.generate import generate_events
 from monitor.devtools.worker import metric_sum, scrape
 from monitor.policy.receiver import Receiver
-from monitor.policy.signing import Verifier
+from monitor.policy.signing import Verifier, gate_token
 from tests.conftest import WorkerHarness, wait_until
 from tests.e2e.test_pipeline_e2e import query, scalar, split, stored
 
@@ -170,8 +170,14 @@ def test_kill_switch_api_auth_audit_and_restart(
     )  # fmt: skip
     assert json.loads(out.stdout)["state"]["engaged"] is True
     assert TOKEN not in out.stdout + out.stderr
-    gate = api("POST", port, "/flagger/gate", None,
-               {"name": "support-bot", "metadata": {"deployment": "canary"}})  # fmt: skip
+    gate_body = {"name": "support-bot", "metadata": {"deployment": "canary"}}
+    assert api("POST", port, "/flagger/gate", None, gate_body).status_code == 401
+    assert api("GET", port, "/policy/status", None).status_code == 401
+    flagger = {
+        "name": "support-bot",  # as Flagger sends it: the gate token in the metadata
+        "metadata": {"deployment": "canary", "token": gate_token(TOKEN.encode()).decode()},
+    }
+    gate = api("POST", port, "/flagger/gate", None, flagger)
     assert gate.status_code == 503 and "kill switch" in gate.text
     wait_until(lambda: [d.event for d in r.deliveries] == ["kill"], "the kill webhook delivered")
     workers.wait_for(lambda: policy_rows_stored(workers, "kill"), what="the policy rows stored")
@@ -196,7 +202,7 @@ def test_kill_switch_api_auth_audit_and_restart(
         workers, "SELECT outcome, count() AS n FROM llm_monitor.audit_log FINAL GROUP BY outcome"
     )
     outcomes = {row["outcome"]: row["n"] for row in audit}
-    assert outcomes["unauthorized"] == 3 and outcomes["ok"] >= 3
+    assert outcomes["unauthorized"] == 5 and outcomes["ok"] >= 3
     history = query(workers, "SELECT engaged, actor FROM llm_monitor.killswitch FINAL "
                     "ORDER BY changed_at")  # fmt: skip
     assert [(h["engaged"], h["actor"]) for h in history] == [(1, "cli"), (0, "api")]

@@ -5,18 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from detectors.base import DetectorRegistry
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.pii import PiiDetector
 from monitor.config import StorageSettings
-from monitor.ingest.decode import RawMessage
+from monitor.ingest.decode import RawMessage, dead_letter
 from monitor.scoring.pipeline import Pipeline
 from monitor.storage.client import connect, redact_dsn
 from monitor.storage.migrate import migrate
 from monitor.storage.writer import ClickHouseWriter
 from monitor.windows.stats import finalise
+
+# Times outside DateTime's range (1970 to 2106) or at its edge: a TTL of toDateTime(t) + n days
+# wrapped for each and deleted the row as soon as it was stored.
+EDGE_TIMES_MS = {
+    "1900": -2_208_988_800_000,
+    "1969": -1_000,
+    "epoch": 0,
+    "2106": 4_294_967_295_000,
+    "2299": 10_413_791_999_000,
+    "9999": 253_402_214_400_000,
+}
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +96,36 @@ def test_dsn_passwords_are_not_logged() -> None:
         redact_dsn("https://svc:s3cret@ch.example:8443/db") == "https://svc:***@ch.example:8443/db"
     )
     assert redact_dsn("chdb:///data/chdb") == "chdb:///data/chdb"
+
+
+def test_rows_with_times_outside_datetime_are_kept_whole_by_the_ttls(tmp_path: Path) -> None:
+    client = connect(f"chdb://{tmp_path / 'chdb'}")
+    migrate(client, StorageSettings())
+    pipeline = Pipeline(DetectorRegistry([PiiDetector()]))
+    body = {"request_id": "r", "timestamp": 1_795_514_400_000, "model": "m",
+            "model_version": "v", "prompt": "hello", "response": "mail eve@example.com"}  # fmt: skip
+    result = pipeline.process([RawMessage(json.dumps(body).encode(), None, "llm.events", 0, 0, 0)])
+    event, finding = result.scored.events[0], result.scored.findings[0]
+    window = finalise(result.partials[0], is_final=True, version=1)
+    bad = RawMessage(b"{not json", None, "llm.events", 0, 0, 0)
+    writer = ClickHouseWriter(client, "llm_monitor")
+    replace = msgspec.structs.replace
+    for name, ms in EDGE_TIMES_MS.items():
+        writer.write_events([replace(event, request_id=name, event_time_ms=ms)])
+        renamed = replace(finding.finding, request_id=name)
+        writer.write_findings([replace(finding, finding=renamed, event_time_ms=ms)])
+        writer.write_windows([replace(window, model=name, window_start_ms=ms)])
+        letter = dead_letter(replace(bad, offset=ms % 1000), "json", "bad", ms)
+        writer.write_dead_letters([replace(letter, key=name.encode())])
+    for table in ("events", "findings", "windows", "dead_letters"):
+        client.command(f"OPTIMIZE TABLE llm_monitor.{table} FINAL")  # applies TTLs now
+
+    def names(sql: str) -> list[str]:
+        return sorted(str(row[0]) for row in client.query(sql).result_rows)
+
+    expected = sorted(EDGE_TIMES_MS)
+    assert names("SELECT request_id FROM llm_monitor.events WHERE prompt = 'hello'") == expected
+    assert names("SELECT request_id FROM llm_monitor.findings") == expected
+    assert names("SELECT model FROM llm_monitor.windows") == expected
+    assert names("SELECT key FROM llm_monitor.dead_letters WHERE raw = '{not json'") == expected
+    client.close()

@@ -1,10 +1,13 @@
-"""Signed webhooks against a real HTTP receiver on loopback: verified, replay refused, retried."""
+"""Signed webhooks against a real HTTP receiver on loopback: verified, replay refused (after a
+restart too, with a store file), malformed requests refused cleanly, retried."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -14,7 +17,7 @@ from monitor.policy.config import Webhooks
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.receiver import Receiver
 from monitor.policy.records import ActionAttempt, ActionRequest
-from monitor.policy.signing import SIGNATURE_HEADER, Verifier, signed_headers
+from monitor.policy.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Verifier, signed_headers
 
 pytestmark = pytest.mark.integration
 SECRET = b"test-secret-0123456789"
@@ -104,3 +107,39 @@ def test_gives_up_at_the_deadline_and_on_refusal(receiver: tuple[Receiver, str])
 def test_unsigned_dispatch_is_refused() -> None:
     with pytest.raises(ValueError, match="signed"):
         Dispatcher(Webhooks(), b"")
+
+
+def test_malformed_requests_are_refused_cleanly_over_http(receiver: tuple[Receiver, str]) -> None:
+    r, url = receiver
+    body = msgspec.json.encode(request())
+    headers = signed_headers(SECRET, body, event="rollback", idempotency_key="k")
+    raw = {k.encode(): v.encode() for k, v in headers.items()}  # to send bytes as they are
+    non_ascii = raw | {SIGNATURE_HEADER.encode(): b"sha256=\xff\xfe"}
+    assert httpx.post(url, content=body, headers=non_ascii).status_code == 400
+    superscript = raw | {TIMESTAMP_HEADER.encode(): "\u00b2".encode()}
+    assert httpx.post(url, content=body, headers=superscript).status_code == 400
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5) as s:
+        s.sendall(b"POST /rollback HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+        assert s.recv(64).startswith(b"HTTP/1.0 400")
+    assert httpx.post(url + "/alertmanager", content=b"{oops").status_code == 400
+    assert [reason for reason, _ in r.refused] == ["malformed"] * 4
+    assert httpx.post(url, content=body, headers=headers).status_code == 200  # still serving
+
+
+def test_a_delivery_replayed_after_a_restart_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "receiver-seen.sqlite3"
+    body = msgspec.json.encode(request())
+    headers = signed_headers(SECRET, body, event="rollback", idempotency_key="k")
+    first = Receiver.persistent(SECRET, store)
+    url = first.serve()
+    try:
+        assert httpx.post(url, content=body, headers=headers).status_code == 200
+    finally:
+        first.stop()
+    restarted = Receiver.persistent(SECRET, store)
+    url = restarted.serve()
+    try:
+        assert httpx.post(url, content=body, headers=headers).status_code == 409
+    finally:
+        restarted.stop()
+    assert restarted.refused == [("replay", "/")] and restarted.deliveries == []

@@ -23,7 +23,8 @@ ALERTS = [
     "LLMMonitorKillSwitchAPIUnauthorized", "LLMMonitorErrorRateHigh", "LLMMonitorLatencyP99High",
     "LLMMonitorPIILeak", "LLMMonitorDetectorRateHigh", "LLMMonitorBiasDisparity",
     "LLMMonitorDriftDetected", "LLMMonitorWorkerDown", "LLMMonitorConsumerLagHigh",
-    "LLMMonitorSinkFailing", "LLMMonitorDeadLettersHigh",
+    "LLMMonitorSinkFailing", "LLMMonitorDeadLettersHigh", "LLMMonitorInternalDeadLetters",
+    "LLMMonitorSpoolQuarantined", "LLMMonitorSinkDroppedRecords",
 ]  # fmt: skip
 
 

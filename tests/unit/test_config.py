@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import load_settings
+from monitor.config import ensure_data_dir, load_settings
 from monitor.errors import ConfigError
 
 
@@ -76,3 +76,33 @@ def test_missing_model_directory_is_named(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LLM_MONITOR_DETECTORS__EMBEDDING__MODEL_PATH", "/nonexistent/model")
     with pytest.raises(ConfigError, match="LLM_MONITOR_DETECTORS__EMBEDDING__MODEL_PATH"):
         load_settings()
+
+
+def test_event_time_bounds_have_defaults_and_env_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pipeline = load_settings().pipeline
+    assert (pipeline.max_event_age_s, pipeline.max_future_skew_s) == (604_800, 300)
+    monkeypatch.setenv("LLM_MONITOR_PIPELINE__MAX_EVENT_AGE_S", "86400")
+    monkeypatch.setenv("LLM_MONITOR_PIPELINE__MAX_FUTURE_SKEW_S", "0")
+    pipeline = load_settings().pipeline
+    assert (pipeline.max_event_age_s, pipeline.max_future_skew_s) == (86_400, 0)
+
+
+def test_an_event_size_over_the_record_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MONITOR_PIPELINE__MAX_EVENT_BYTES", str(3 * 1_048_576))
+    with pytest.raises(ConfigError, match="LLM_MONITOR_PIPELINE__MAX_EVENT_BYTES"):
+        load_settings()
+
+
+def test_a_missing_data_dir_is_created(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "a" / "b")
+    assert ensure_data_dir(settings).is_dir()
+
+
+def test_a_data_dir_that_cannot_be_created_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    settings = load_settings(data_dir=tmp_path / "file" / "data")
+    with pytest.raises(ConfigError, match="LLM_MONITOR_DATA_DIR") as info:
+        ensure_data_dir(settings)
+    assert "data_dir" in str(info.value)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+import msgspec
 import pytest
 
+from detectors.base import DetectorRegistry
 from detectors.pii import PiiDetector, PiiScanner, PiiType, card_brand, normalise_type, redact
 
 SCANNER = PiiScanner()
@@ -171,3 +175,134 @@ def test_secrets_are_flagged_even_in_prompts() -> None:
 
 def test_clean_text_yields_no_finding() -> None:
     assert PiiDetector().score_texts("r1", "hello", "hi there") is None
+
+
+# --- bounded, linear-time scanning ----------------------------------------------------------
+
+
+def emails(n: int) -> str:
+    return " ".join(f"user{i}@example{i % 97}.com" for i in range(n))
+
+
+def test_matches_past_the_bound_are_masked_as_one_unscanned_tail() -> None:
+    text = emails(12)
+    matches = PiiScanner(max_matches=5).scan(text)
+    assert [m.type for m in matches] == [PiiType.EMAIL] * 5 + [PiiType.UNSCANNED]
+    tail = matches[-1]
+    assert tail.start == text.index("user5@") and tail.end == len(text) and tail.value == ""
+    assert redact(text, matches) == " ".join(["<EMAIL>"] * 5) + " <UNSCANNED>"
+
+
+def test_the_bounded_scan_keeps_the_first_matches_of_the_full_scan() -> None:
+    text = " ".join(
+        f"{i}: mail a{i}@x.org, call (415) 555-{2600 + i:04d}, ip 10.0.0.{i}, ssn 123-45-{6700 + i}"
+        for i in range(40)
+    )
+    full = SCANNER.scan(text)
+    for bound in (1, 7, 50, 159):
+        bounded = PiiScanner(max_matches=bound).scan(text)
+        assert bounded[:-1] == full[:bound]
+        assert bounded[-1].type is PiiType.UNSCANNED and bounded[-1].start == full[bound].start
+
+
+def test_a_text_past_the_length_bound_is_cut_at_whitespace_and_the_rest_masked() -> None:
+    text = "mail a@b.com " + "x" * 20 + " then c@d.org and e@f.net"
+    matches = PiiScanner(max_scan_chars=text.index("c@d.org") + 3).scan(text)
+    assert [m.value for m in matches[:-1]] == ["a@b.com"]
+    assert redact(text, matches) == "mail <EMAIL> " + "x" * 20 + " then <UNSCANNED>"
+
+
+def test_a_text_within_the_bounds_has_no_unscanned_tail() -> None:
+    text = emails(5)
+    assert all(m.type is PiiType.EMAIL for m in PiiScanner(max_matches=5).scan(text))
+    assert PiiScanner(max_scan_chars=len(text)).scan(text)[-1].type is PiiType.EMAIL
+
+
+def test_the_finding_says_which_texts_were_truncated() -> None:
+    detector = PiiDetector(PiiScanner(max_matches=3))
+    finding = detector.score_texts("r1", emails(2), emails(10))
+    assert finding is not None
+    assert finding.details["truncated"] == "true"
+    assert finding.details["truncated_fields"] == "response"
+    assert finding.details["response_types"] == "EMAIL"  # the tail is not a PII type
+    assert finding.spans[-1].type == "UNSCANNED" and finding.spans[-1].field == "response"
+    whole = PiiDetector().score_texts("r1", "a@b.com", "ok")
+    assert whole is not None and "truncated" not in whole.details
+
+
+def test_a_truncated_text_without_pii_still_yields_a_finding_to_mask_its_tail() -> None:
+    text = "word " * 100
+    finding = PiiDetector(PiiScanner(max_scan_chars=50)).score_texts("r1", "hi", text)
+    assert finding is not None and not finding.flagged
+    assert finding.category == "truncated" and finding.details["leaked_types"] == ""
+    assert [(s.type, s.end) for s in finding.spans] == [("UNSCANNED", len(text))]
+
+
+def test_the_pipeline_stores_a_truncated_text_with_its_tail_masked() -> None:
+    from monitor.ingest.decode import RawMessage
+    from monitor.scoring.pipeline import Pipeline
+
+    body = {"request_id": "r1", "timestamp": 1_795_514_400_000, "model": "m",
+            "model_version": "v1", "prompt": "hi", "response": emails(8)}  # fmt: skip
+    raw = RawMessage(msgspec.json.encode(body), b"k", "llm.events", 0, 1, 1_795_514_400_000)
+    registry = DetectorRegistry([PiiDetector(PiiScanner(max_matches=3))])
+    row = Pipeline(registry).process([raw]).scored.events[0]
+    assert row.response == "<EMAIL> <EMAIL> <EMAIL> <UNSCANNED>"
+
+
+def test_unscanned_is_not_a_type_one_can_ask_for() -> None:
+    assert normalise_type("UNSCANNED") is None
+    with pytest.raises(ValueError, match="valid types"):
+        PiiScanner(["UNSCANNED"])
+    with pytest.raises(ValueError, match="at least 1"):
+        PiiScanner(max_matches=0)
+
+
+def test_scanning_is_linear_in_the_number_of_matches() -> None:
+    unbounded = PiiScanner(max_scan_chars=10**9, max_matches=10**9)
+    text = emails(40_000)  # 944 kB: 25 s when overlaps were checked pairwise
+    started = time.perf_counter()
+    assert len(unbounded.scan(text)) == 40_000
+    assert time.perf_counter() - started < 5.0
+
+
+def test_many_private_key_headers_without_an_end_are_linear() -> None:
+    text = "-----BEGIN RSA PRIVATE KEY-----\n" * 4_000  # 8 s when each header read to the end
+    started = time.perf_counter()
+    assert len(SCANNER.scan(text)) == 1_001
+    assert time.perf_counter() - started < 2.0
+
+
+def test_a_private_key_body_does_not_run_across_another_header() -> None:
+    text = (
+        "-----BEGIN PRIVATE KEY-----\ncut off\n"
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    )
+    assert [m.value for m in SCANNER.scan(text)] == [
+        "-----BEGIN PRIVATE KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+    ]
+
+
+def test_leak_check_finds_values_the_prompt_scan_rejected() -> None:
+    finding = PiiDetector().score_texts(
+        "r1", "order #4111111111111111 and jane@corp.com.", "card 4111111111111111"
+    )
+    assert finding is not None and not finding.flagged and finding.category == "pii"
+
+
+def test_leak_check_stops_at_its_budget_and_says_so() -> None:
+    prompt = "order #4111111111111111 " + "lorem ipsum " * 100
+    detector = PiiDetector(leak_search_chars=len(prompt) // 2)
+    finding = detector.score_texts("r1", prompt, "card 4111111111111111, mail a@b.com")
+    assert finding is not None
+    assert finding.details["leak_check_truncated"] == "true"
+    assert not finding.flagged  # values left unsearched are not called leaks
+
+
+def test_one_leak_per_type_is_enough_to_stop_searching() -> None:
+    response = emails(1_000)
+    finding = PiiDetector(leak_search_chars=50_000).score_texts("r1", "x " * 10_000, response)
+    assert finding is not None and finding.category == "leak"
+    assert finding.details["leaked_types"] == "EMAIL"
+    assert "leak_check_truncated" not in finding.details

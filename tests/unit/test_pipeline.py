@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from detectors.base import DetectorRegistry
+import msgspec
+
+from detectors.base import DetectorRegistry, Finding
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.pii import PiiDetector, PiiScanner
 from monitor.ingest.decode import RawMessage
+from monitor.ingest.events import Event
 from monitor.scoring.pipeline import Pipeline
+from monitor.scoring.rows import ScoredBatch
+from streams.score import prepare
 
 
 def message(offset: int, value: bytes) -> RawMessage:
@@ -73,3 +79,63 @@ def test_findings_and_partials_follow_the_events() -> None:
                   ("pii", "leak")}  # fmt: skip
     (part,) = result.partials
     assert (part.events, part.errors, part.flags) == (3, 1, {"latency_errors": 2, "pii": 1})
+
+
+class Explodes:
+    """A detector with a bug that one event's prompt triggers."""
+
+    name = "explodes"
+    version = "1"
+
+    def score(self, batch: Sequence[Event]) -> list[Finding]:
+        if any(e.prompt == "boom" for e in batch):
+            raise ZeroDivisionError("detector bug")
+        return []
+
+
+def test_an_unstorable_token_count_is_a_dead_letter_not_a_crash() -> None:
+    parts = prepare(
+        pipeline(), [message(1, event(1)), message(2, event(2, input_tokens=2**64 + 1))]
+    )
+    (part,) = parts
+    assert [d.reason for d in part.result.dead_letters] == ["schema"]
+    assert "4294967295" in part.result.dead_letters[0].error
+    assert len(part.result.scored.events) == 1 and len(part.scored) == 1
+
+
+def test_a_record_that_breaks_a_detector_is_dead_lettered_alone() -> None:
+    registry = DetectorRegistry([PiiDetector(), Explodes()])
+    p = Pipeline(registry, window_s=60, wall_clock_ms=lambda: 42)
+    msgs = [message(i, event(i, prompt="boom" if i == 5 else "hi")) for i in range(8)]
+    parts = prepare(p, msgs)
+    letters = [d for part in parts for d in part.result.dead_letters]
+    assert [(d.offset, d.reason) for d in letters] == [(5, "unprocessable")]
+    assert "ZeroDivisionError: detector bug" in letters[0].error
+    stored = [r.request_id for part in parts for r in part.result.scored.events]
+    assert sorted(stored) == sorted(f"r{i}" for i in range(8) if i != 5)
+    assert sum(part.received for part in parts) == 8
+    assert sum(p.events for part in parts for p in part.result.partials) == 7
+
+
+def test_scored_rows_are_split_under_the_record_limit_and_an_oversize_row_dead_lettered() -> None:
+    msgs = [message(i, event(i, response="word " * 400)) for i in range(20)]
+    msgs.append(message(20, event(20, response="word " * 5000)))
+    parts = prepare(pipeline(), msgs, record_limit=8000)
+    letters = [d for part in parts for d in part.result.dead_letters]
+    assert [(d.offset, d.reason) for d in letters] == [(20, "too_large")]
+    records = [r for part in parts for r in part.scored]
+    assert len(records) > 1 and all(len(r) <= 8000 for r in records)
+    batches = [msgspec.msgpack.decode(r, type=ScoredBatch) for r in records]
+    rows = [row.request_id for b in batches for row in b.events]
+    assert sorted(rows) == sorted(f"r{i}" for i in range(20))
+    for b in batches:  # each finding travels with its row
+        assert {f.finding.request_id for f in b.findings} <= {row.request_id for row in b.events}
+    assert sum(len(b.findings) for b in batches) == 20  # every prompt has an email: one PII each
+
+
+def test_dead_letters_and_partials_are_encoded_for_the_producer() -> None:
+    huge = message(1, b'{"prompt": "' + b"x" * 3_200_000 + b'"}')
+    (part,) = prepare(pipeline(), [huge, message(2, event(2))])
+    ((key, value),) = part.dead_letters
+    assert key == b"k" and len(value) < 4 * 1_048_576
+    assert len(part.partials) == 1

@@ -218,3 +218,11 @@ def test_a_firing_rule_does_not_fire_again_after_a_gap_in_the_data() -> None:
     assert outcomes(gap.decisions, "rollback.error_rate") == []
     again = e.observe(window(2, 400, 30))  # over the threshold, not recovered
     assert outcomes(again.decisions, "rollback.error_rate") == [] and again.actions == []
+
+
+def test_a_snapshot_older_than_every_kept_window_is_history() -> None:
+    e = engine()
+    for start in range(40, 80):
+        e.observe(window(start, 200, 0))
+    out = e.observe(window(0, 200, 100))  # older than all 30 kept: dropped, no verdict
+    assert out.decisions == [] and out.actions == []

@@ -10,7 +10,7 @@ from monitor.config import DetectorsSettings, DriftSettings
 from monitor.scoring.semantic import SemanticScorer
 from monitor.windows.aggregate import WindowAggregator
 from monitor.windows.drift import EmbeddingDrift, WindowRateDrift
-from monitor.windows.stats import WindowStats, build_partials, finding_partials
+from monitor.windows.stats import EventSource, WindowStats, build_partials, finding_partials
 from tests.conftest import decoded_event
 
 T0 = 1_795_514_400_000
@@ -84,6 +84,24 @@ def test_bias_alone_counts_toxicity_without_reporting_it(cpu_embeddings: Embeddi
     result = scorer.process([event])
     assert result.scored.findings == []
     assert result.partials[0].groups["a"][4] == 1.0  # scored for toxicity
+
+
+def test_partials_carry_where_the_events_were_read(cpu_embeddings: EmbeddingService) -> None:
+    scorer = SemanticScorer(settings(bias=True), cpu_embeddings, window_s=60)
+    events = [decoded_event(f"e{i}", timestamp=T0 + i, response="Fine.", attributes={"group": "a"})
+              for i in range(3)]  # fmt: skip
+    sources = [EventSource("llm.embed", 2, 10 + i) for i in range(3)]
+    (partial,) = scorer.process(events, sources).partials
+    assert partial.stream == "embed"
+    assert [(r.topic, r.partition, r.first, r.last) for r in partial.runs] == [
+        ("llm.embed", 2, 10, 12)
+    ]
+    aggregator = WindowAggregator({}, allowed_lateness_s=0)
+    aggregator.add(partial)
+    replay = aggregator.add(partial)  # the embed worker crashed before committing: skipped
+    assert (replay.replayed, replay.changed) == (3, False)
+    stats = aggregator.snapshot(partial.key)
+    assert stats is not None and stats.groups["a"][0] == 3.0
 
 
 def test_embedding_drift_tests_each_window_once_against_the_reference(

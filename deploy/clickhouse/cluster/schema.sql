@@ -67,3 +67,35 @@ CREATE VIEW IF NOT EXISTS llm_monitor.v_pii_leak_ledger ON CLUSTER llm_monitor A
 CREATE VIEW IF NOT EXISTS llm_monitor.v_incidents ON CLUSTER llm_monitor AS SELECT i.incident_id AS incident_id, i.opened_at AS opened_at, i.action AS action, i.rule AS rule, i.model AS model, i.model_version AS model_version, i.deployment AS deployment, i.summary AS summary, ifNull(e.events, 0) AS evidence_events, ifNull(e.findings, 0) AS evidence_findings, ifNull(e.windows, 0) AS evidence_windows, ifNull(a.delivered, 0) AS webhooks_delivered, ifNull(a.failed, 0) AS webhooks_failed FROM llm_monitor.incidents AS i FINAL LEFT JOIN ( SELECT incident_id, countIf(kind = 'event') AS events, countIf(kind = 'finding') AS findings, countIf(kind = 'window') AS windows FROM llm_monitor.incident_evidence FINAL GROUP BY incident_id ) AS e ON e.incident_id = i.incident_id LEFT JOIN ( SELECT idempotency_key, countIf(outcome = 'delivered') AS delivered, countIf(outcome = 'gave_up') AS failed FROM llm_monitor.actions FINAL GROUP BY idempotency_key ) AS a ON a.idempotency_key = i.idempotency_key;
 
 CREATE VIEW IF NOT EXISTS llm_monitor.v_detector_agreement ON CLUSTER llm_monitor AS SELECT pair.1 AS detector_a, pair.2 AS detector_b, countIf(has(flagged, pair.1) AND has(flagged, pair.2)) AS both_flagged, countIf(has(flagged, pair.1) OR has(flagged, pair.2)) AS either_flagged, if(either_flagged = 0, 0, both_flagged / either_flagged) AS jaccard, count() AS events_scored_by_both FROM ( SELECT request_id, groupUniqArray(detector) AS scored, groupUniqArrayIf(detector, flagged) AS flagged FROM llm_monitor.findings FINAL WHERE NOT startsWith(request_id, 'window:') GROUP BY request_id ) ARRAY JOIN arrayFilter( p -> p.1 < p.2, arrayFlatten(arrayMap(a -> arrayMap(b -> (a, b), scored), scored)) ) AS pair GROUP BY detector_a, detector_b;
+
+ALTER TABLE llm_monitor.events_local ON CLUSTER llm_monitor MODIFY COLUMN prompt TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 30 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.events_local ON CLUSTER llm_monitor MODIFY COLUMN response TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 30 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.events_local ON CLUSTER llm_monitor MODIFY COLUMN samples TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 30 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.events_local ON CLUSTER llm_monitor MODIFY COLUMN context TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 30 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.events_local ON CLUSTER llm_monitor MODIFY COLUMN extra TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 30 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.events_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.findings_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.windows_local ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS stored_at DateTime64(3, 'UTC') DEFAULT now64(3);
+
+ALTER TABLE llm_monitor.windows ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS stored_at DateTime64(3, 'UTC') DEFAULT now64(3);
+
+ALTER TABLE llm_monitor.windows_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(greatest(window_start, stored_at) + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.dead_letters_local ON CLUSTER llm_monitor MODIFY COLUMN raw TTL toDateTime(least(greatest(greatest(received_at, stored_at) + INTERVAL 30 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.dead_letters_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(greatest(received_at, stored_at) + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.decisions_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(decided_at + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.actions_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(at + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.events_minute_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(toDateTime64(minute, 3, 'UTC') + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.findings_minute_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(toDateTime64(minute, 3, 'UTC') + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
