@@ -19,8 +19,14 @@ made it worse (hallucinated answers restate the passage's topic), so grounding u
 only and skips the embedding. For self-consistency on TruthfulQA the embedding helps a little
 (AUC 0.54 → 0.58 at weight 0.4); both are weak there, see the docs.
 
-Config may name a local NLI cross-encoder directory (``detectors.hallucination.nli_model_path``);
-a sentence's unsupported score is then one minus P(sources entail it).
+With a support model — the shipped grounding adapter (detectors/assets/grounding/, the packaged
+MiniLM fine-tuned as a cross-encoder on five grounding sets, ``python -m
+detectors.training.grounding``), another adapter (``adapter_path``) or a local NLI
+cross-encoder (``nli_model_path``) — a sentence's unsupported score is instead one minus
+P(supported): for grounding the best over the context's chunks (a long context is cut at
+sentence ends into pieces the model reads whole), for self-consistency the mean over the
+samples (SelfCheckGPT-NLI). Work per event is bounded (``MAX_CLAIMS`` sentences,
+``MAX_CHUNKS`` pieces of each source).
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from detectors.adapted import AdaptedClassifier
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService
-from detectors.local_models import NliScorer
 from monitor.ingest.events import Event
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -46,6 +54,56 @@ _STOPWORD_TEXT = (
     "also very can could would should will may might must into about over after before"
 )
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+DEFAULT_GROUNDING = Path(__file__).parent / "assets" / "grounding"
+CHUNK_CHARS = 1500  # what the grounding model read beside a claim in training
+MAX_CHUNKS = 8
+MAX_CLAIMS = 32
+
+
+class SupportModel(Protocol):
+    """P(the premise supports the hypothesis) per pair: an NLI model or the grounding adapter."""
+
+    @property
+    def name(self) -> str: ...
+
+    def entailment(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float64]: ...
+
+
+class GroundingModel:
+    """A grounding adapter (one label: supported) as a support model."""
+
+    def __init__(self, adapter: AdaptedClassifier) -> None:
+        self.adapter = adapter
+        self.threshold = adapter.spec.thresholds.get("unsupported", 0.5)
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    def entailment(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float64]:
+        return self.adapter.probabilities(list(pairs))
+
+
+def shipped_grounding(device: str = "auto") -> GroundingModel | None:
+    """The packaged grounding adapter, when the package has one."""
+    if not (DEFAULT_GROUNDING / "adapter.json").is_file():
+        return None
+    return GroundingModel(AdaptedClassifier(DEFAULT_GROUNDING, device=device))
+
+
+def chunks(texts: Sequence[str], size: int = CHUNK_CHARS) -> list[str]:
+    """The texts' sentences packed into pieces of at most ``size`` characters (a longer
+    sentence is its own piece), at most MAX_CHUNKS of them."""
+    out: list[str] = []
+    current = ""
+    for sentence in (s for text in texts for s in sentences(text)):
+        if current and len(current) + 1 + len(sentence) > size:
+            out.append(current)
+            current = ""
+        current = f"{current} {sentence}".strip()
+    if current:
+        out.append(current)
+    return out[:MAX_CHUNKS]
 
 
 def sentences(text: str) -> list[str]:
@@ -83,23 +141,26 @@ class HallucinationDetector:
     """Grounding against ``context`` and self-consistency across ``samples``."""
 
     name = "hallucination"
-    version = "1.0.0"
+    version = "2.0.0"
     NOVELTY_WEIGHT: ClassVar[dict[str, float]] = {"grounding": 1.0, "self_consistency": 0.4}
-    # 0.05 maximises F1 on HaluEval, whose right answers are copied spans; a faithful
-    # paraphrase of a passage scores ~0.3, so real traffic needs the higher bar.
+    # Without a support model: 0.05 maximises F1 on HaluEval, whose right answers are copied
+    # spans; a faithful paraphrase of a passage scores ~0.3, so real traffic needs the higher bar.
     THRESHOLD: ClassVar[dict[str, float]] = {"grounding": 0.35, "self_consistency": 0.3}
 
     def __init__(
         self,
         embeddings: EmbeddingService,
         thresholds: dict[str, float] | None = None,
-        nli: NliScorer | None = None,
+        nli: SupportModel | None = None,
     ) -> None:
         self.embeddings = embeddings
-        self.nli = nli
-        if nli is not None:
-            self.version = f"{HallucinationDetector.version}+{nli.path.name}"
-        self.thresholds = {**self.THRESHOLD, **(thresholds or {})}
+        self.nli = nli if nli is not None else shipped_grounding(embeddings.device)
+        defaults = dict(self.THRESHOLD)
+        if self.nli is not None:
+            self.version = f"{HallucinationDetector.version}+{self.nli.name}"
+            calibrated = getattr(self.nli, "threshold", 0.5)
+            defaults = dict.fromkeys(self.THRESHOLD, calibrated)
+        self.thresholds = {**defaults, **(thresholds or {})}
         for mode, value in self.thresholds.items():
             if mode not in self.THRESHOLD:
                 raise ValueError(f"unknown hallucination mode {mode!r}: use {list(self.THRESHOLD)}")
@@ -115,7 +176,7 @@ class HallucinationDetector:
         prompt: str = "",
     ) -> Support | None:
         """None when there is nothing to check against (no context, no samples)."""
-        claims = sentences(response)
+        claims = sentences(response)[:MAX_CLAIMS]
         if not claims:
             return None
         if context:
@@ -129,12 +190,19 @@ class HallucinationDetector:
         return Support(mode, self._against(sources, claims, self.NOVELTY_WEIGHT[mode]))
 
     def _entailed(self, sources: list[list[str]], claims: list[str]) -> tuple[float, ...]:
-        """With an NLI model: one minus P(source entails claim), averaged over sources."""
+        """With a support model: one minus P(supported), the best chunk of each source, averaged
+        over sources (one for grounding, one per sample for self-consistency)."""
         assert self.nli is not None  # noqa: S101 - only called when set
-        premises = [" ".join(src) for src in sources]
-        probs = self.nli.entailment([(p, c) for p in premises for c in claims])
-        unsupported = 1.0 - probs.reshape(len(premises), len(claims)).mean(axis=0)
-        return tuple(float(x) for x in unsupported)
+        pieces = [chunks(src) or [" ".join(src)] for src in sources]
+        pairs = [(piece, claim) for group in pieces for piece in group for claim in claims]
+        probs = self.nli.entailment(pairs)
+        supported = np.zeros(len(claims))
+        offset = 0
+        for group in pieces:
+            block = probs[offset : offset + len(group) * len(claims)]
+            supported += block.reshape(len(group), len(claims)).max(axis=0)
+            offset += len(group) * len(claims)
+        return tuple(float(x) for x in 1.0 - supported / len(sources))
 
     def _against(
         self, sources: list[list[str]], claims: list[str], weight: float

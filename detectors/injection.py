@@ -12,12 +12,17 @@ Two signals, both cheap next to the embedding the other detectors already pay fo
 
 A text's score is the larger of the two; for ``context`` passages (retrieved documents, emails,
 tool output) any sentence addressed to the assistant counts, since data should not give orders.
+The threshold is calibrated on ordinary requests for a stated false-positive rate
+(``python -m detectors.training.injection`` writes it, with its figures, to
+``detectors/assets/injection.json``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +32,16 @@ from detectors.base import Finding
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import sentences
 from monitor.ingest.events import Event
+
+CALIBRATION = Path(__file__).parent / "assets" / "injection.json"
+
+
+def calibrated_threshold(path: Path = CALIBRATION) -> float:
+    """The shipped threshold (0.5 before any calibration was written)."""
+    if not path.is_file():
+        return 0.5
+    return float(json.loads(path.read_text())["threshold"])
+
 
 PATTERNS: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
     (name, weight, re.compile(regex, re.IGNORECASE | re.DOTALL))
@@ -101,7 +116,7 @@ class InjectionDetector:
 
     name = "injection"
     version = "1.0.0"
-    THRESHOLD: ClassVar[float] = 0.5
+    THRESHOLD: ClassVar[float] = calibrated_threshold()
     SIMILARITY_SCALE: ClassVar[float] = 8.0
     # Chosen on NotInject part one and the PAIR prompts only: the smallest offset keeping
     # over-defence near 3 % there (docs/detectors.md).

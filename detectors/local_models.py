@@ -129,6 +129,10 @@ class NliScorer:
             )
         self._model, self._entailment, self.device = model, entail[0], device
 
+    @property
+    def name(self) -> str:
+        return self.path.name
+
     def entailment(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float64]:
         """One probability per (premise, hypothesis) pair."""
         if not pairs:

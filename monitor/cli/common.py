@@ -39,11 +39,15 @@ def request_id_of(line: bytes) -> bytes:
     try:
         value = json.loads(line).get("request_id", "")
         return str(value).encode()
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return b""
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object last")]
+ByField = Annotated[
+    str | None,
+    typer.Option("--by", help="also report per value of this field of each line (a category)"),
+]
 
 
 ModelDir = Annotated[
@@ -56,10 +60,15 @@ def print_report(report: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         return
+    by = report.get("by")
+    overall = {k: v for k, v in report.items() if k != "by"}
     table = Table(title=title)
-    for key in report:
+    table.add_column(by["field"] if by else "")
+    for key in overall:
         table.add_column(key)
-    table.add_row(*[str(v) for v in report.values()])
+    table.add_row("all", *[str(v) for v in overall.values()])
+    for group, scores in (by["groups"] if by else {}).items():
+        table.add_row(group, *[str(scores.get(k, "")) for k in overall])
     console.print(table)
 
 

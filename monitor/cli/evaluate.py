@@ -12,7 +12,7 @@ from typing import Annotated, Protocol
 import typer
 from rich.table import Table
 
-from monitor.cli.common import JsonFlag, ModelDir, console, err, fail, print_report
+from monitor.cli.common import ByField, JsonFlag, ModelDir, console, err, fail, print_report
 from monitor.errors import MonitorError
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a detector on labelled data.")
@@ -57,6 +57,7 @@ def eval_toxicity(
     classifier: Annotated[
         Path | None, typer.Option(help="local HF sequence-classification directory to use")
     ] = None,
+    by: ByField = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 at the shipped threshold of the toxicity detector."""
     from detectors.embedding import EmbeddingService
@@ -67,7 +68,7 @@ def eval_toxicity(
         local = SequenceClassifier(classifier) if classifier else None
         return ToxicityDetector(EmbeddingService(model).start(), classifier=local)
 
-    _eval_text_detector(file, as_json, build)
+    _eval_text_detector(file, as_json, build, by)
 
 
 class _TextScorer(Protocol):
@@ -76,27 +77,39 @@ class _TextScorer(Protocol):
     def score_texts(self, texts: Sequence[str]) -> Iterable[float]: ...
 
 
-def _eval_text_detector(file: Path, as_json: bool, build: Callable[[], _TextScorer]) -> None:
-    """Score ``{"text", "label"}`` lines with a detector and print the binary report."""
-    from detectors.evaluation.binary import binary_report, load_samples
+def _eval_text_detector(
+    file: Path, as_json: bool, build: Callable[[], _TextScorer], by: str | None
+) -> None:
+    """Score ``{"text", "label"}`` lines (with ``"context"``: texts in their context, for the
+    toxicity detector) and print the binary report."""
+    from detectors.evaluation.binary import binary_report, categories, load_samples, report_by
 
     try:
-        samples = load_samples(file.open("rb"))
+        lines = file.read_bytes().splitlines()
+        samples = load_samples(lines)
+        groups = categories(lines, by) if by else None
     except (OSError, ValueError) as exc:
         fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
-        return
     detector = build()
     started = time.perf_counter()
-    scores = [float(x) for x in detector.score_texts([s.text for s in samples])]
+    texts = [s.text for s in samples]
+    from detectors.toxicity import ToxicityDetector
+
+    if isinstance(detector, ToxicityDetector) and any(s.context for s in samples):
+        scores = [float(x) for x in detector.score_texts(texts, [s.context for s in samples])]
+    else:
+        scores = [float(x) for x in detector.score_texts(texts)]
     seconds = time.perf_counter() - started
     labels = [s.label for s in samples]
     report = binary_report(labels, scores, detector.threshold, seconds)
     negatives = [x for x, y in zip(scores, labels, strict=True) if y == 0]
     if negatives:
-        flagged = sum(1 for x in negatives if x >= detector.threshold)
-        err.print(
-            f"false-positive rate: {flagged / len(negatives):.4f} ({flagged}/{len(negatives)})"
-        )
+        flagged_negatives = sum(1 for x in negatives if x >= detector.threshold)
+        rate = flagged_negatives / len(negatives)
+        err.print(f"false-positive rate: {rate:.4f} ({flagged_negatives}/{len(negatives)})")
+    if by and groups is not None:
+        flagged = [x >= detector.threshold for x in scores]
+        report["by"] = report_by(by, groups, labels, scores, flagged)
     print_report(report, as_json, title=str(file))
 
 
@@ -105,12 +118,16 @@ def eval_injection(
     file: Annotated[Path, typer.Argument(help='JSONL: {"text", "label"} (1 = injection)')],
     as_json: JsonFlag = False,
     model: ModelDir = None,
+    by: ByField = None,
 ) -> None:
-    """ROC AUC and precision/recall/F1 of the injection detector; false-positive rate on stderr."""
+    """ROC AUC, precision/recall/F1 and false-positive rate of the injection detector."""
     from detectors.embedding import EmbeddingService
     from detectors.injection import InjectionDetector
 
-    _eval_text_detector(file, as_json, lambda: InjectionDetector(EmbeddingService(model).start()))
+    def build() -> InjectionDetector:
+        return InjectionDetector(EmbeddingService(model).start())
+
+    _eval_text_detector(file, as_json, build, by)
 
 
 @eval_app.command("hallucination")
@@ -122,18 +139,26 @@ def eval_hallucination(
     as_json: JsonFlag = False,
     model: ModelDir = None,
     nli: Annotated[Path | None, typer.Option(help="local NLI cross-encoder directory")] = None,
+    by: ByField = None,
 ) -> None:
     """ROC AUC and precision/recall/F1 of the hallucination detector (1 = hallucinated)."""
     from detectors.embedding import EmbeddingService
-    from detectors.evaluation.binary import LabelledResponse, binary_report, load_samples
+    from detectors.evaluation.binary import (
+        LabelledResponse,
+        binary_report,
+        categories,
+        load_samples,
+        report_by,
+    )
     from detectors.hallucination import HallucinationDetector
     from detectors.local_models import NliScorer
 
     try:
-        rows = load_samples(file.open("rb"), LabelledResponse)
+        lines = file.read_bytes().splitlines()
+        rows = load_samples(lines, LabelledResponse)
+        groups = categories(lines, by) if by else None
     except (OSError, ValueError) as exc:
         fail(MonitorError(f"{file}: not labelled JSONL ({exc})"))
-        return
     detector = HallucinationDetector(
         EmbeddingService(model).start(), nli=NliScorer(nli) if nli else None
     )
@@ -153,4 +178,6 @@ def eval_hallucination(
     seconds = time.perf_counter() - started
     threshold = detector.thresholds[modes.pop()] if len(modes) == 1 else None  # mixed modes
     report = binary_report(labels, scores, threshold, seconds, flagged)
+    if by and groups is not None:
+        report["by"] = report_by(by, groups, labels, scores, flagged)
     print_report(report, as_json, title=f"hallucination on {file}")

@@ -118,7 +118,10 @@ def incident_report(
 
 @policy_app.command("check")
 def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> None:
-    """Validate a policy file; errors name the field and the fix."""
+    """Validate a policy file; errors name the field and the fix. Warns about rules benign
+    traffic alone could fire, given the detectors' measured false-positive rates."""
+    from detectors.calibration import measured_false_positive_rates
+    from monitor.policy.checks import false_positive_warnings
     from monitor.policy.config import load_policy
 
     try:
@@ -133,6 +136,8 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
         f"webhooks rollback {len(hooks.rollback)} kill {len(hooks.kill)} resume "
         f"{len(hooks.resume)}"
     )
+    for warning in false_positive_warnings(policy, measured_false_positive_rates()):
+        err.print(f"[yellow]warning:[/] {warning}")
 
 
 @policy_app.command("gate-token")

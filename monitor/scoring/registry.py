@@ -7,9 +7,10 @@ The stateful drift monitors (monitor/windows/drift.py) are not batch detectors: 
 
 from __future__ import annotations
 
+from detectors.adapted import AdaptedClassifier
 from detectors.base import Detector, DetectorRegistry
 from detectors.embedding import EmbeddingService
-from detectors.hallucination import HallucinationDetector
+from detectors.hallucination import GroundingModel, HallucinationDetector, SupportModel
 from detectors.injection import InjectionDetector
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.local_models import NliScorer, SequenceClassifier
@@ -39,30 +40,35 @@ def build_semantic_detectors(
     detectors: list[Detector] = []
     if settings.toxicity.enabled or settings.bias.enabled:
         tox = settings.toxicity
+        device = settings.embedding.device
         head = ToxicityHead.load(tox.head_path) if tox.head_path else None
         classifier = None
         if tox.model_path is not None:
             classifier = SequenceClassifier(
-                tox.model_path,
-                device=settings.embedding.device,
-                positive_labels=tox.positive_labels,
+                tox.model_path, device=device, positive_labels=tox.positive_labels
             )
-        detectors.append(ToxicityDetector(embeddings, head, tox.threshold, classifier))
+        adapter = AdaptedClassifier(tox.adapter_path, device=device) if tox.adapter_path else None
+        detectors.append(ToxicityDetector(embeddings, head, tox.threshold, classifier, adapter))
     if settings.hallucination.enabled:
-        h = settings.hallucination
-        nli = None
-        if h.nli_model_path is not None:
-            nli = NliScorer(h.nli_model_path, device=settings.embedding.device)
-        detectors.append(
-            HallucinationDetector(
-                embeddings,
-                {"grounding": h.grounding_threshold, "self_consistency": h.consistency_threshold},
-                nli,
-            )
-        )
+        detectors.append(hallucination_detector(settings, embeddings))
     if settings.injection.enabled:
         detectors.append(InjectionDetector(embeddings, settings.injection.threshold))
     return detectors
+
+
+def hallucination_detector(
+    settings: DetectorsSettings, embeddings: EmbeddingService
+) -> HallucinationDetector:
+    """Grounding and self-consistency, judged by the configured or shipped support model."""
+    h, device = settings.hallucination, settings.embedding.device
+    support: SupportModel | None = None
+    if h.nli_model_path is not None:
+        support = NliScorer(h.nli_model_path, device=device)
+    elif h.adapter_path is not None:
+        support = GroundingModel(AdaptedClassifier(h.adapter_path, device=device))
+    thresholds = {"grounding": h.grounding_threshold, "self_consistency": h.consistency_threshold}
+    chosen = {mode: value for mode, value in thresholds.items() if value is not None}
+    return HallucinationDetector(embeddings, chosen, support)
 
 
 def build_registry(settings: Settings) -> DetectorRegistry:

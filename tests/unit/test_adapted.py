@@ -1,0 +1,43 @@
+"""A LoRA-adapted classifier round-trips: what training scores, the shipped artifact scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.adapted import AdaptedClassifier, AdapterSpec
+from detectors.training.adapter import Example, TrainConfig, train
+
+pytest.importorskip("peft")
+
+
+def test_saved_adapter_scores_what_training_scored(tmp_path: Path) -> None:
+    examples = [
+        Example("you are a worthless idiot", 1),
+        Example("thanks, that helped a lot", 0),
+        Example("I will hurt you", 1, context="what do you think of me?"),
+        Example("The museum opens at nine.", 0, context="When does it open?"),
+    ]
+    config = TrainConfig(labels=("toxic",), rank=4, alpha=8, epochs=2, batch_size=2, seed=3,
+                         device="cpu", log_every=1000)  # fmt: skip
+    trained = train(examples, config, log=lambda _: None)
+    trained.save(tmp_path, {"toxic": 0.5}, {"name": "test"})
+    spec = AdapterSpec.read(tmp_path)
+    assert spec.labels == ("toxic",) and spec.thresholds == {"toxic": 0.5}
+    assert spec.scale == 2.0 and spec.metadata["name"] == "test"
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) < 2_000_000  # small, not a model
+
+    loaded = AdaptedClassifier(tmp_path, device="cpu")
+    inputs = [e.text if e.context is None else (e.context, e.text) for e in examples]
+    expected = trained.logits(examples)[:, 0]
+    got = loaded.logits(inputs)[:, 0]
+    np.testing.assert_allclose(got, expected, atol=2e-2)  # float16 factors and head
+    probs = loaded.probabilities(inputs)
+    assert probs.shape == (4,) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_not_an_adapter_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="adapter.json"):
+        AdaptedClassifier(tmp_path)

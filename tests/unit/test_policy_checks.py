@@ -1,0 +1,59 @@
+"""Policy rules that the detectors' own false positives would fire are warned about."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from detectors.calibration import measured_false_positive_rates
+from monitor.policy.checks import false_positive_warnings
+from monitor.policy.config import Policy
+
+
+def policy(**overrides: object) -> Policy:
+    return Policy.model_validate(overrides)
+
+
+def test_a_rate_threshold_at_the_false_positive_rate_is_warned_with_the_fix() -> None:
+    rules = {"toxicity": {"threshold": 0.02}, "injection": {"threshold": 0.10}}
+    warnings = false_positive_warnings(
+        policy(rollback={"detector_rates": rules}), {"toxicity": 0.025, "injection": 0.02}
+    )
+    (warning,) = [w for w in warnings if "detector_rates" in w]
+    assert warning.startswith("rollback.detector_rates.toxicity.threshold 0.02 is at or below")
+    assert "2.50%" in warning and "raise it to at least 0.05" in warning
+
+
+def test_headroom_below_twice_the_rate_is_warned_and_above_is_not() -> None:
+    rules = {"toxicity": {"threshold": 0.03}}
+    near = false_positive_warnings(policy(rollback={"detector_rates": rules}), {"toxicity": 0.02})
+    assert any("within 2x of" in w for w in near)
+    far = false_positive_warnings(policy(rollback={"detector_rates": rules}), {"toxicity": 0.01})
+    assert not any("detector_rates" in w for w in far)
+
+
+def test_count_rules_fired_by_noise_are_warned_and_disabled_rules_are_not() -> None:
+    noisy = false_positive_warnings(policy(), {"toxicity": 0.02, "pii": 0.0})
+    assert any(w.startswith("rollback.safety_incidents: more than 0 flags") for w in noisy)
+    assert not any("data_breach" in w for w in noisy)  # pii has no false positives measured
+    quiet = policy(rollback={"safety_incidents": {"max_count": 5, "detectors": ["toxicity"]}})
+    assert not any("safety_incidents" in w
+                   for w in false_positive_warnings(quiet, {"toxicity": 0.02}))  # fmt: skip
+    off = policy(rollback={"detector_rates": {"toxicity": {"threshold": 0.01, "enabled": False}}})
+    assert not any("detector_rates" in w for w in false_positive_warnings(off, {"toxicity": 0.05}))
+
+
+def test_no_measured_rate_no_warning() -> None:
+    assert false_positive_warnings(policy(), {}) == []
+
+
+def test_measured_rates_are_read_from_the_shipped_calibrations(tmp_path: Path) -> None:
+    (tmp_path / "toxicity").mkdir()
+    (tmp_path / "toxicity" / "adapter.json").write_text(
+        json.dumps({"metadata": {"figures": {"benign_held_out_fpr": 0.012}}})
+    )
+    (tmp_path / "injection.json").write_text(
+        json.dumps({"threshold": 0.6, "metadata": {"held_out_fpr_pooled": 0.018}})
+    )
+    assert measured_false_positive_rates(tmp_path) == {"toxicity": 0.012, "injection": 0.018}
+    assert set(measured_false_positive_rates()) >= {"toxicity", "injection"}  # shipped ones
