@@ -26,9 +26,11 @@ import faust
 import msgspec
 from pydantic import SecretStr
 
+from detectors.calibration import measured_false_positive_rates
 from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
+from monitor.policy.checks import false_positive_warnings
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
@@ -82,6 +84,8 @@ def check_policy(settings: Settings) -> Policy:
             "signed. Fix: set LLM_MONITOR_POLICY__WEBHOOK_SECRET (e.g. `openssl rand -hex 32`) "
             "and give receivers the same secret."
         )
+    for warning in false_positive_warnings(policy, measured_false_positive_rates()):
+        log.warning("policy: %s", warning)
     return policy
 
 
