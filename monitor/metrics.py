@@ -42,6 +42,7 @@ class Metrics:
     events_valid: Counter
     dead_letters: Counter
     internal_dead_letters: Counter
+    changelog_skipped: Counter
     detector_flags: Counter
     detector_seconds: Histogram
     batch_size: Histogram
@@ -150,6 +151,11 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             "llm_monitor_internal_dead_letters",
             "Records of internal topics that could not be processed, dead-lettered.",
             ("topic", "reason"),
+        ),
+        changelog_skipped=counter(
+            "llm_monitor_changelog_records_skipped",
+            "Table changelog records that did not decode, read as absent in recovery.",
+            ("table",),
         ),
         detector_flags=counter(
             "llm_monitor_detector_flags",

@@ -29,6 +29,7 @@ from monitor.scoring.rows import ScoredBatch
 from monitor.windows.aggregate import Merge, WindowAggregator
 from monitor.windows.drift import WindowRateDrift
 from monitor.windows.stats import PartialError, WindowPartial, WindowStats
+from streams.codecs import with_table_codec
 from streams.kafka import deliver, kafka_partition, raw_message, send_internal_dead_letter
 from streams.observe import observe_findings, observe_window
 
@@ -45,7 +46,7 @@ def add_aggregate_role(
     k = settings.kafka
     windows_out, scored, dlq = topics[k.windows_topic], topics[k.scored_topic], topics[k.dlq_topic]
     rate_drift = WindowRateDrift() if settings.detectors.drift.enabled else None
-    aggregator = window_aggregator(app, settings)
+    aggregator = window_aggregator(app, settings, metrics)
     dirty: set[str] = set()
     last_sweep = [0.0]
 
@@ -104,12 +105,16 @@ def add_aggregate_role(
         metrics.windows_pending.set(len(dirty))  # zero: every changed window published, acked
 
 
-def window_aggregator(app: faust.App, settings: Settings) -> WindowAggregator:
+def window_aggregator(
+    app: faust.App, settings: Settings, metrics: Metrics | None = None
+) -> WindowAggregator:
     """The aggregator over the changelog-backed ``windows`` table."""
     k, p = settings.kafka, settings.pipeline
+    skipped = metrics.changelog_skipped.labels("windows").inc if metrics is not None else None
     table = app.Table(
         "windows", default=None, key_type=str, value_type=str, partitions=k.partitions
     )
+    with_table_codec(table, skipped)
     return WindowAggregator(
         TextValues(table),
         allowed_lateness_s=p.allowed_lateness_s,
@@ -160,10 +165,11 @@ class TextValues(MutableMapping[str, bytes]):
         del self._table[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._table.keys()))
+        # A skipped changelog record (streams/codecs.py) leaves a None key or value: absent.
+        return iter([k for k, v in list(self._table.items()) if k is not None and v is not None])
 
     def __len__(self) -> int:
-        return len(self._table)
+        return sum(1 for _ in self)
 
 
 def stats_key(stats: WindowStats) -> bytes:

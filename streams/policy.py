@@ -36,6 +36,7 @@ from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
 from monitor.policy.records import ActionAttempt, ActionRequest, AuditEntry, PolicyRecords
 from monitor.windows.stats import WindowStats
+from streams.codecs import with_table_codec
 from streams.kafka import deliver, raw_message, send_internal_dead_letter
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def add_policy_role(
     table = app.Table(
         "killswitch", default=None, key_type=str, value_type=str, partitions=k.partitions
     )
+    with_table_codec(table, metrics.changelog_skipped.labels("killswitch").inc)
     role = PolicyRole(
         policy, PolicyEngine(policy, _Table(table)), metrics,
         records_out=topics[k.policy_topic], actions_out=topics[k.actions_topic],
@@ -263,7 +265,7 @@ class _Table(MutableMapping[str, str]):
         del self._table[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter([key for key, value in list(self._table.items()) if value is not None])
+        return iter([k for k, v in list(self._table.items()) if k is not None and v is not None])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
