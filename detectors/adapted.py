@@ -18,6 +18,7 @@ scale, max length, thresholds and the training metadata).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -98,7 +99,10 @@ class AdaptedClassifier:
 
     @property
     def name(self) -> str:
-        return str(self.spec.metadata.get("name", self.directory.name))
+        """The adapter's name and the start of its weights' digest: a detector version that
+        changes whenever the weights do, so findings say which model produced them."""
+        digest = hashlib.sha256((self.directory / WEIGHTS).read_bytes()).hexdigest()[:8]
+        return f"{self.spec.metadata.get('name', self.directory.name)}.{digest}"
 
     def load(self) -> AdaptedClassifier:
         """Read the base model, merge the adapter into it, and keep the head."""
@@ -121,16 +125,19 @@ class AdaptedClassifier:
         return self
 
     def logits(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float32]:
-        """One row of logits per input (a text, or a (context, text) pair)."""
+        """One row of logits per input (a text, or a (context, text) pair). Inputs are batched
+        by length, so a batch pads little."""
         if not inputs:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
         self.load()
         import torch
 
         head_w, head_b = self._head  # type: ignore[misc]
-        rows = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start : start + self.batch_size]
+        order = sorted(range(len(inputs)), key=lambda i: _length(inputs[i]))
+        out = np.zeros((len(inputs), len(self.spec.labels)), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            picked = order[start : start + self.batch_size]
+            chunk = [inputs[i] for i in picked]
             firsts = [c[0] if isinstance(c, tuple) else c for c in chunk]
             seconds = [c[1] if isinstance(c, tuple) else None for c in chunk]
             encoded = encode_inputs(self._tokenizer, firsts, seconds, self.spec.max_length)
@@ -138,8 +145,8 @@ class AdaptedClassifier:
             with torch.inference_mode():
                 pooled = mean_pool(self._model(**encoded).last_hidden_state,
                                    encoded["attention_mask"])  # fmt: skip
-                rows.append((pooled @ head_w.T + head_b).float().cpu().numpy())
-        return np.concatenate(rows).astype(np.float32)
+                out[picked] = (pooled @ head_w.T + head_b).float().cpu().numpy()
+        return out
 
     def probabilities(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float64]:
         """P(label) per input: a sigmoid for one label, a softmax across several."""
@@ -148,6 +155,10 @@ class AdaptedClassifier:
             return np.asarray(1.0 / (1.0 + np.exp(-logits[:, 0])), dtype=np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def _length(item: str | Pair) -> int:
+    return len(item[0]) + len(item[1]) if isinstance(item, tuple) else len(item)
 
 
 def encode_inputs(

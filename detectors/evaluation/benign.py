@@ -3,10 +3,11 @@ injected or ungrounded by construction.
 
 Two halves, so a threshold chosen on one is measured on the other:
 
-- ``calibration``: self-instruct seed tasks (instructions, inputs, outputs) and HaluEval QA
-  knowledge passages and right answers, rows 0–249;
+- ``calibration``: self-instruct seed tasks (instructions, inputs, outputs), HaluEval QA
+  questions, knowledge passages and right answers of rows 0–249, and TruthfulQA's correct
+  answers to its first 400 questions;
 - ``held_out``: user-oriented self-instruct tasks, MT-Bench and Vicuna questions, HaluEval
-  rows 250–499 and TruthfulQA's correct answers.
+  rows 250–499 and TruthfulQA's correct answers to the rest.
 
 Requests and answers are kept apart (``kind``): a detector may score prompts, responses or both.
 All from ``EVAL_DIR`` (see data.py): ``prompt_injection/benign_prompts/`` (Apache-2.0) and
@@ -24,6 +25,7 @@ from typing import Literal
 Kind = Literal["request", "answer"]
 Half = Literal["calibration", "held_out"]
 HALUEVAL_SPLIT = 250
+TRUTHFULQA_SPLIT = 400
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,11 @@ def _halueval(path: Path, rows: slice) -> list[BenignText]:
     return out
 
 
-def _truthfulqa(path: Path) -> list[BenignText]:
+def _truthfulqa(path: Path, rows: slice) -> list[BenignText]:
     with path.open(newline="") as f:
         return [
             BenignText(answer.strip(), "answer", "truthfulqa")
-            for row in csv.DictReader(f)
+            for row in list(csv.DictReader(f))[rows]
             for answer in row["Correct Answers"].split(";")
             if answer.strip()
         ]
@@ -80,15 +82,17 @@ def benign_texts(eval_root: Path, half: Half) -> list[BenignText]:
     """The benign texts of one half (deduplicated, order kept)."""
     prompts = eval_root / "prompt_injection" / "benign_prompts"
     halueval = eval_root / "hallucination" / "halueval_qa_one-turn_data.jsonl"
+    truthfulqa = eval_root / "hallucination" / "TruthfulQA.csv"
     if half == "calibration":
         texts = _instructions(prompts / "self_instruct_seed_tasks.jsonl", "self_instruct")
         texts += _halueval(halueval, slice(0, HALUEVAL_SPLIT))
+        texts += _truthfulqa(truthfulqa, slice(0, TRUTHFULQA_SPLIT))
     else:
         texts = _instructions(prompts / "user_oriented_instructions.jsonl", "user_oriented")
         texts += _questions(prompts / "mt_bench_question.jsonl", "mt_bench")
         texts += _questions(prompts / "vicuna_bench_question.jsonl", "vicuna")
         texts += _halueval(halueval, slice(HALUEVAL_SPLIT, None))
-        texts += _truthfulqa(eval_root / "hallucination" / "TruthfulQA.csv")
+        texts += _truthfulqa(truthfulqa, slice(TRUTHFULQA_SPLIT, None))
     seen: set[str] = set()
     unique = []
     for item in texts:

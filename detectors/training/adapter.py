@@ -59,16 +59,20 @@ class Trained:
         self.model, self.head, self.tokenizer, self.config = model, head, tokenizer, config
 
     def logits(self, examples: Sequence[Example], batch_size: int = 128) -> npt.NDArray[np.float32]:
+        """One row of logits per example, batched by length (little padding)."""
         import torch
 
         self.model.eval()
-        rows = []
+        sizes = [len(e.text) + len(e.context or "") for e in examples]
+        order = sorted(range(len(examples)), key=sizes.__getitem__)
+        out = np.zeros((len(examples), len(self.config.labels)), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(examples), batch_size):
-                batch = examples[start : start + batch_size]
-                rows.append(_forward(self, batch).float().cpu().numpy())
+            for start in range(0, len(order), batch_size):
+                picked = order[start : start + batch_size]
+                batch = [examples[i] for i in picked]
+                out[picked] = _forward(self, batch).float().cpu().numpy()
         self.model.train()
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.config.labels)), "f4")
+        return out
 
     def save(self, directory: Path, thresholds: dict[str, float], metadata: dict[str, Any]) -> None:
         """``adapter.safetensors`` (float16 factors and head) and ``adapter.json``."""

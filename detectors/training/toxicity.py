@@ -5,8 +5,9 @@ The model: the packaged MiniLM, fine-tuned with LoRA adapters and a one-logit he
 event's prompt). Data: every trainable set under ``EVAL_DIR/toxicity`` at once
 (detectors/training/toxicity_data.py: ToxiGen, Stormfront, TweetEval hate and offensive,
 DiaSafety replies in their context, ConvAbuse turns after the agent's, Davidson), each capped
-per class so no set or class dominates, plus identity swaps: a text naming an identity is
-copied with another identity in its place and the same label, so the model cannot learn that
+per class so no set or class dominates, plus identity swaps (a text naming an identity is
+copied with another identity in its place and the same label) and neutral sentences naming
+identities (built from Winogender and WinoBias dev sentences), so the model cannot learn that
 naming a group is toxic. ETHOS is never trained on (GPL-3.0): it is evaluated only.
 
 Each set's own test split (or a seeded 20 % of it) is held out and reported. The threshold is
@@ -24,12 +25,13 @@ import argparse
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detectors.adapted import AdaptedClassifier, AdapterSpec
 from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.identity import IDENTITIES, flag_rates, spread
@@ -61,13 +63,23 @@ def identity_swaps(rows: Sequence[Labelled], seed: int, share: float = 0.5) -> l
     return out
 
 
-def probabilities(model: Trained, examples: Sequence[Example]) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-model.logits(examples)[:, 0])), dtype=np.float64)
+Scorer = Callable[[Sequence[Example]], np.ndarray]
 
 
-def report_sets(model: Trained, rows: Sequence[Labelled], threshold: float) -> dict[str, Any]:
+def scorer_of(model: Trained | AdaptedClassifier) -> Scorer:
+    """P(toxic) per example, from the model in training or a saved adapter."""
+    if isinstance(model, AdaptedClassifier):
+        return lambda examples: model.probabilities(
+            [(e.context, e.text) if e.context else e.text for e in examples]
+        )
+    return lambda examples: np.asarray(
+        1.0 / (1.0 + np.exp(-model.logits(examples)[:, 0])), dtype=np.float64
+    )
+
+
+def report_sets(score: Scorer, rows: Sequence[Labelled], threshold: float) -> dict[str, Any]:
     """AUC, recall and false-positive rate per set on ``rows``."""
-    scores = probabilities(model, [example(r) for r in rows])
+    scores = score([example(r) for r in rows])
     out: dict[str, Any] = {}
     for source in sorted({r.source for r in rows}):
         idx = [i for i, r in enumerate(rows) if r.source == source]
@@ -83,20 +95,19 @@ def report_sets(model: Trained, rows: Sequence[Labelled], threshold: float) -> d
     return out
 
 
-def calibrate(model: Trained, root: Path) -> tuple[float, dict[str, Any]]:
+def calibrate(score: Scorer, root: Path) -> tuple[float, dict[str, Any]]:
     """The threshold at TARGET_FPR on the calibration half; the held-out half's rates."""
     calibration = [Example(t.text, 0) for t in benign_texts(root, "calibration")]
     held = benign_texts(root, "held_out")
-    threshold = float(np.quantile(probabilities(model, calibration), 1 - TARGET_FPR))
+    threshold = float(np.quantile(score(calibration), 1 - TARGET_FPR))
     threshold = round(min(max(threshold, 0.05), 0.95), 3)
-    held_scores = probabilities(model, [Example(t.text, 0) for t in held])
+    held_scores = score([Example(t.text, 0) for t in held])
     by_kind = {
         kind: round(float(np.mean([s >= threshold for s, t in zip(held_scores, held, strict=True)
                                    if t.kind == kind])), 4)
         for kind in ("request", "answer")
     }  # fmt: skip
-    rates = flag_rates(lambda texts: probabilities(model, [Example(t, 0) for t in texts]),
-                       threshold)  # fmt: skip
+    rates = flag_rates(lambda texts: score([Example(t, 0) for t in texts]), threshold)
     return threshold, {
         "benign_calibration_n": len(calibration),
         "benign_held_out_n": len(held),
@@ -107,9 +118,47 @@ def calibrate(model: Trained, root: Path) -> tuple[float, dict[str, Any]]:
     }
 
 
-def training_rows(rows: Sequence[Labelled], per_class: int, seed: int) -> list[Labelled]:
+THE_NOUN = re.compile(r"\b(The|the) (?=[a-z]{3,}\b)")
+
+
+def identity_neutrals(bias_dir: Path, seed: int, n: int = 1200) -> list[Labelled]:
+    """Neutral sentences naming an identity, from sentences we hold (Winogender, WinoBias dev):
+    "The technician told the customer..." becomes "The {identity} technician told...". Label
+    0: naming a group is not toxic. (Our identity check uses other, templated sentences.)"""
+    winogender = (bias_dir / "winogender" / "all_sentences.tsv").read_text().splitlines()[1:]
+    texts = [line.split("\t", 1)[1] for line in winogender]
+    for path in sorted((bias_dir / "winobias").glob("*.txt.dev")):
+        for line in path.read_text().splitlines():
+            texts.append(re.sub(r"^\d+\s+", "", line).replace("[", "").replace("]", ""))
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in rng.permutation(len(texts))[:n]:
+        identity = IDENTITIES[int(rng.integers(len(IDENTITIES)))]
+        text = THE_NOUN.sub(rf"\1 {identity} ", texts[i], count=1)
+        if text != texts[i]:
+            out.append(Labelled(text, 0, "identity_neutral"))
+    return out
+
+
+def training_rows(
+    rows: Sequence[Labelled], per_class: int, seed: int, bias_dir: Path
+) -> list[Labelled]:
     base = capped(rows, per_class, seed)
-    return base + identity_swaps(base, seed)
+    return base + identity_swaps(base, seed) + identity_neutrals(bias_dir, seed)
+
+
+def evaluate(
+    score: Scorer, root: Path, rows: Sequence[Labelled], held: Sequence[Labelled],
+    leave_out: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Threshold from benign calibration, then every figure the artifact ships with."""
+    threshold, benign = calibrate(score, root)
+    unseen = [r for r in rows if r.source in (*EVALUATION_ONLY, leave_out)]
+    return {
+        "threshold": threshold,
+        "held_out_splits": report_sets(score, held, threshold),
+        "unseen_sets": report_sets(score, unseen, threshold), **benign,
+    }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -117,42 +166,59 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_eval_dir_argument(parser)
     parser.add_argument("--out", type=Path, default=ARTIFACT)
     parser.add_argument("--leave-out", choices=TRAINABLE, default=None)
-    parser.add_argument("--per-class", type=int, default=3000, help="rows per set and label")
+    parser.add_argument("--per-class", type=int, default=2000, help="rows per set and label")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument(
+        "--recalibrate", type=Path, default=None,
+        help="a saved adapter: recompute its threshold and figures, no training",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     root = eval_dir(args.eval_dir)
     rows = load(root / "toxicity")
     trainable = [r for r in rows if r.source in TRAINABLE and r.source != args.leave_out]
     train_rows, held = held_out_split(trainable, args.seed)
-    examples = [example(r) for r in training_rows(train_rows, args.per_class, args.seed)]
+    if args.recalibrate is not None:
+        saved = AdaptedClassifier(args.recalibrate, device=args.device)
+        report = saved.spec.metadata.get("figures", {}) | evaluate(
+            scorer_of(saved), root, rows, held, args.leave_out
+        )
+        write(args.recalibrate, saved, report)
+        return
+    chosen = training_rows(train_rows, args.per_class, args.seed, root / "bias")
     config = TrainConfig(labels=("toxic",), epochs=args.epochs, seed=args.seed,
                          device=args.device)  # fmt: skip
-    sources = ", ".join(sorted({r.source for r in train_rows}))
-    print(f"training on {len(examples)} examples ({sources})")
+    print(f"training on {len(chosen)} examples ({', '.join(sorted({r.source for r in chosen}))})")
     started = time.perf_counter()
-    model = train(examples, config)
-    seconds = round(time.perf_counter() - started)
-    threshold, benign = calibrate(model, root)
-    unseen = [r for r in rows if r.source in (*EVALUATION_ONLY, args.leave_out)]
+    model = train([example(r) for r in chosen], config)
     report = {
-        "threshold": threshold, "train_examples": len(examples), "train_seconds": seconds,
-        "held_out_splits": report_sets(model, held, threshold),
-        "unseen_sets": report_sets(model, unseen, threshold), **benign,
+        "train_examples": len(chosen), "train_seconds": round(time.perf_counter() - started),
         "leave_out": args.leave_out, "per_class": args.per_class, "epochs": args.epochs,
-        "seed": args.seed,
+        "seed": args.seed, **evaluate(scorer_of(model), root, rows, held, args.leave_out),
     }  # fmt: skip
     print(json.dumps(report, indent=1))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=1) + "\n")
     if args.leave_out is None:
-        metadata = {"name": "toxicity", "data": sorted(TRAINABLE), "figures": report,
-                    "licences": "see detectors/training/toxicity_data.py"}  # fmt: skip
-        model.save(args.out, {"toxic": threshold}, metadata)
+        model.save(args.out, {"toxic": report["threshold"]}, metadata(report))
         print(f"adapter written to {args.out}")
+
+
+def metadata(report: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "toxicity", "data": sorted(TRAINABLE), "figures": report,
+            "licences": "see detectors/training/toxicity_data.py"}  # fmt: skip
+
+
+def write(directory: Path, saved: AdaptedClassifier, report: dict[str, Any]) -> None:
+    """Rewrite a saved adapter's threshold and figures (its weights are unchanged)."""
+    spec = saved.spec
+    AdapterSpec(spec.labels, spec.rank, spec.alpha, spec.max_length,
+                {"toxic": report["threshold"]}, metadata(report)).write(directory)  # fmt: skip
+    print(json.dumps(report, indent=1))
+    print(f"threshold and figures rewritten in {directory}")
 
 
 if __name__ == "__main__":

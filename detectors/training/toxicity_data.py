@@ -12,7 +12,7 @@ whether it learned toxicity or one set's style.
 | stormfront | white-supremacist forum sentences | ``hate`` (not ``relation``, ``idk``) | CC BY-SA |
 | tweeteval_hate | tweets (SemEval-2019 HatEval) | 1 | task terms |
 | tweeteval_offensive | tweets (OffensEval / OLID) | 1 | task terms |
-| diasafety | a chatbot reply judged in its context | ``Unsafe`` | Apache-2.0 |
+| diasafety | a chatbot reply in its context (3 of 5 kinds) | ``Unsafe`` | Apache-2.0 |
 | convabuse | users' turns to conversational agents | annotators' mean abuse level < 0 | CC BY 4.0 |
 | davidson | tweets | hate or offensive | MIT |
 | ethos | comments | ``isHate`` ≥ 0.5; evaluation only, never in shipped weights | GPL-3.0 |
@@ -85,9 +85,16 @@ def _tweeteval(task: str) -> Callable[[Path], Iterator[Labelled]]:
     return read
 
 
+# DiaSafety's other kinds of unsafe reply (unauthorized medical or legal expertise, ignoring
+# a risk) are harms of another sort: trained on, they teach that advice is toxic.
+DIASAFETY_TOXIC_KINDS = ("Offending User", "Toxicity Agreement", "Biased Opinion")
+
+
 def _diasafety(root: Path) -> Iterator[Labelled]:
     for split in ("train", "val", "test"):
         for row in json.loads((root / "diasafety" / f"{split}.json").read_text()):
+            if row["category"] not in DIASAFETY_TOXIC_KINDS:
+                continue
             yield Labelled(
                 row["response"], int(row["label"] == "Unsafe"), "diasafety", split,
                 category=row["category"], context=row["context"],

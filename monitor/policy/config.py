@@ -59,7 +59,7 @@ class ComparisonRule(_Strict):
 
 class RollbackTriggers(_Strict):
     safety_incidents: CountRule = Field(
-        default_factory=lambda: CountRule(max_count=0, detectors=["toxicity"])
+        default_factory=lambda: CountRule(max_count=2, detectors=["toxicity"])
     )
     error_rate: RateRule = Field(default_factory=lambda: RateRule(threshold=0.05))
     p99_latency: LatencyRule = Field(default_factory=lambda: LatencyRule(threshold_ms=5000.0))

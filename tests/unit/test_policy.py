@@ -111,7 +111,7 @@ def test_below_minimum_samples_every_trigger_is_inconclusive_not_healthy() -> No
 
 def test_each_trigger_fires_when_it_should() -> None:
     e = engine()
-    out = e.observe(window(0, 100, 0, flags={"toxicity": 1}))
+    out = e.observe(window(0, 100, 0, flags={"toxicity": 3}))
     assert outcomes(out.decisions, "rollback.safety_incidents") == ["fire"]
     out = e.observe(window(0, 100, 0, deployment="stable", version="v1", flags={"pii": 1}))
     assert outcomes(out.decisions, "kill.data_breach") == ["fire"]

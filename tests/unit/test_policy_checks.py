@@ -33,7 +33,8 @@ def test_headroom_below_twice_the_rate_is_warned_and_above_is_not() -> None:
 
 
 def test_count_rules_fired_by_noise_are_warned_and_disabled_rules_are_not() -> None:
-    noisy = false_positive_warnings(policy(), {"toxicity": 0.02, "pii": 0.0})
+    strict = policy(rollback={"safety_incidents": {"max_count": 0, "detectors": ["toxicity"]}})
+    noisy = false_positive_warnings(strict, {"toxicity": 0.02, "pii": 0.0})
     assert any(w.startswith("rollback.safety_incidents: more than 0 flags") for w in noisy)
     assert not any("data_breach" in w for w in noisy)  # pii has no false positives measured
     quiet = policy(rollback={"safety_incidents": {"max_count": 5, "detectors": ["toxicity"]}})
@@ -41,6 +42,13 @@ def test_count_rules_fired_by_noise_are_warned_and_disabled_rules_are_not() -> N
                    for w in false_positive_warnings(quiet, {"toxicity": 0.02}))  # fmt: skip
     off = policy(rollback={"detector_rates": {"toxicity": {"threshold": 0.01, "enabled": False}}})
     assert not any("detector_rates" in w for w in false_positive_warnings(off, {"toxicity": 0.05}))
+
+
+def test_the_shipped_policy_is_quiet_with_the_shipped_detectors() -> None:
+    from monitor.policy.config import load_policy
+
+    shipped = load_policy(Path("deploy/policy/policy.yaml"))
+    assert false_positive_warnings(shipped, measured_false_positive_rates()) == []
 
 
 def test_no_measured_rate_no_warning() -> None:

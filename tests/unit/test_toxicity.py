@@ -9,6 +9,7 @@ import pytest
 
 from detectors.embedding import EmbeddingService
 from detectors.evaluation.binary import binary_report, load_samples
+from detectors.evaluation.identity import flag_rates, spread
 from detectors.toxicity import ToxicityDetector, ToxicityHead
 from tests.conftest import decoded_event
 
@@ -35,6 +36,23 @@ def test_shipped_head_names_its_data_and_licence() -> None:
     assert head.weights.shape == (384,)
     assert "Davidson" in head.metadata["data"] and "MIT" in head.metadata["data"]
     assert head.metadata["dev_auc"] >= 0.9
+
+
+def test_shipped_adapter_is_the_default_and_names_its_data(detector: ToxicityDetector) -> None:
+    assert detector.adapter is not None and detector.version.startswith("2.0.0+toxicity.")
+    metadata = detector.adapter.spec.metadata
+    assert "ethos" not in metadata["data"]  # GPL-3.0: evaluated on, never trained on
+    assert metadata["figures"]["benign_held_out_fpr"] <= 0.02
+
+
+def test_neutral_sentences_score_alike_whichever_identity_they_name(
+    detector: ToxicityDetector,
+) -> None:
+    """Our templated identity check. The shipped adapter flags 2 of 12 neutral sentences
+    naming "trans" and none for the other 46 identities (the old head: up to 7 of 12)."""
+    rates = flag_rates(detector.score_texts, detector.threshold)
+    assert spread(rates) <= 0.2
+    assert sum(rates.values()) / len(rates) <= 0.02
 
 
 @pytest.mark.parametrize("text", TOXIC)
