@@ -1,9 +1,10 @@
 """Semantic detectors' throughput: events/s through the embed role's scorer, per detector.
 
-Run: ``.venv/bin/python -m bench.semantic [--events N] [--device cpu]``. The scorer is the one
-the embed role runs (monitor/scoring/semantic.py) with every semantic detector on, over the
-demo's generated traffic (prompts, responses, contexts, samples; the embedding cache off so
-repeats cannot flatter it). Baseline, same process, same texts: bare
+Run: ``.venv/bin/python -m bench.semantic [--events N] [--device cpu] [--backend auto]``
+(``auto``, as a worker runs: ONNX Runtime on CPU for the embeddings and the adapters). The
+scorer is the one the embed role runs (monitor/scoring/semantic.py) with every semantic
+detector on, over the demo's generated traffic (prompts, responses, contexts, samples; the
+embedding cache off so repeats cannot flatter it). Baseline, same process, same texts: bare
 ``SentenceTransformer.encode`` of every prompt, response, context passage and sample once —
 what a single shared forward pass over the event's texts would cost. Then each detector alone,
 so a slow one shows. ``--head`` scores with the head-on-embeddings toxicity and the word-overlap
@@ -62,15 +63,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=200, help="events per scorer call")
     parser.add_argument("--head", action="store_true", help="the pre-adapter detectors")
+    parser.add_argument("--backend", default="auto", help="as detectors.embedding.backend")
     args = parser.parse_args(argv)
     batch = events(args.events)
     texts = texts_of(batch)
-    service = EmbeddingService(device=args.device, cache_size=0).start()
+    service = EmbeddingService(device=args.device, cache_size=0, backend=args.backend).start()
     model = service._model  # the very same loaded model the detectors use
     baseline = timed(lambda: model.encode(texts, batch_size=64, show_progress_bar=False))
     settings = DetectorsSettings.model_validate({
         name: {"enabled": True} for name in ("toxicity", "hallucination", "injection", "bias")
-    } | {"embedding": {"device": args.device, "cache_size": 0}})  # fmt: skip
+    } | {"embedding": {"device": args.device, "cache_size": 0,
+                       "backend": args.backend}})  # fmt: skip
     scorer = SemanticScorer(settings, service, window_s=60)
     if args.head:
         scorer.detectors = [
@@ -91,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     report = {
         "events": len(batch), "texts": len(texts), "device": args.device,
+        "backend": service.active_backend,
         "detectors": [f"{d.name} {d.version}" for d in scorer.detectors],
         "baseline_texts_per_s": round(len(texts) / baseline, 1),
         "baseline_events_per_s": round(len(batch) / baseline, 1),

@@ -11,6 +11,12 @@ Inputs are single texts or (context, text) pairs, encoded as the tokenizer's sen
 (``[CLS] context [SEP] text [SEP]``); the mean of the token states feeds the head: one logit
 for a binary classifier, or one per label (e.g. NLI's entailment / neutral / contradiction).
 
+On CPU (``backend`` ``auto`` or ``onnx``, as for the embedding service) the merged model is
+exported once to ONNX into the ONNX cache directory, keyed by the adapter's weight digest, and
+run on ONNX Runtime: measured 1.15–1.4x the torch path with the same scores (max difference
+2e-7). ``onnx-int8`` quantises it: ~2.2x the fp32 ONNX path, but scores move (up to 0.19 on the
+demo's traffic) and the shipped thresholds were calibrated unquantised, so it is opt-in.
+
 Artifact: a directory with ``adapter.safetensors`` (tensors ``lora.<module>.A``,
 ``lora.<module>.B``, ``head.weight``, ``head.bias``) and ``adapter.json`` (labels, rank and
 scale, max length, thresholds and the training metadata).
@@ -29,7 +35,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detectors.embedding import default_model_path, resolve_device
+from detectors.embedding import (
+    DEFAULT_ONNX_CACHE,
+    EmbeddingService,
+    default_model_path,
+    resolve_device,
+)
 
 WEIGHTS = "adapter.safetensors"
 SPEC = "adapter.json"
@@ -81,7 +92,7 @@ class AdaptedClassifier:
 
     def __init__(
         self, directory: Path, *, device: str = "auto", base: Path | None = None,
-        batch_size: int = 64,
+        batch_size: int = 64, backend: str = "auto", onnx_cache_dir: Path | None = None,
     ) -> None:  # fmt: skip
         if not (directory / SPEC).is_file() or not (directory / WEIGHTS).is_file():
             raise FileNotFoundError(
@@ -93,16 +104,28 @@ class AdaptedClassifier:
         self.device = device
         self.base = base
         self.batch_size = batch_size
+        self.backend = backend
+        self.onnx_cache_dir = onnx_cache_dir or DEFAULT_ONNX_CACHE
         self._model: Any = None
         self._tokenizer: Any = None
         self._head: tuple[Any, Any] | None = None
+        self._session: Any = None
+
+    @classmethod
+    def beside(cls, directory: Path, embeddings: EmbeddingService) -> AdaptedClassifier:
+        """An adapter on the embedding service's device, backend and ONNX cache."""
+        return cls(directory, device=embeddings.device, backend=embeddings.backend,
+                   onnx_cache_dir=embeddings.onnx_cache_dir)  # fmt: skip
 
     @property
     def name(self) -> str:
         """The adapter's name and the start of its weights' digest: a detector version that
         changes whenever the weights do, so findings say which model produced them."""
-        digest = hashlib.sha256((self.directory / WEIGHTS).read_bytes()).hexdigest()[:8]
-        return f"{self.spec.metadata.get('name', self.directory.name)}.{digest}"
+        return f"{self.spec.metadata.get('name', self.directory.name)}.{self.digest[:8]}"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256((self.directory / WEIGHTS).read_bytes()).hexdigest()
 
     def load(self) -> AdaptedClassifier:
         """Read the base model, merge the adapter into it, and keep the head."""
@@ -122,7 +145,25 @@ class AdaptedClassifier:
         model.eval().to(device)
         self._tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         self._model, self._head, self.device = model, (head_w, head_b), device
+        if device == "cpu" and self.backend != "torch":
+            self._session = self._onnx_session()
         return self
+
+    def _onnx_session(self) -> Any:
+        """The merged model on ONNX Runtime (exported once per adapter); None without it."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None
+        from detectors.onnx_encode import export_transformer
+
+        kind = "int8" if self.backend == "onnx-int8" else "fp32"
+        path = self.onnx_cache_dir / f"adapter-{self.digest[:20]}-{kind}.onnx"
+        if not path.is_file():
+            export_transformer(self._model, self._tokenizer, path, quantize=kind == "int8")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def logits(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float32]:
         """One row of logits per input (a text, or a (context, text) pair). Inputs are batched
@@ -130,23 +171,30 @@ class AdaptedClassifier:
         if not inputs:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
         self.load()
-        import torch
-
-        head_w, head_b = self._head  # type: ignore[misc]
         order = sorted(range(len(inputs)), key=lambda i: _length(inputs[i]))
         out = np.zeros((len(inputs), len(self.spec.labels)), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             picked = order[start : start + self.batch_size]
-            chunk = [inputs[i] for i in picked]
-            firsts = [c[0] if isinstance(c, tuple) else c for c in chunk]
-            seconds = [c[1] if isinstance(c, tuple) else None for c in chunk]
-            encoded = encode_inputs(self._tokenizer, firsts, seconds, self.spec.max_length)
-            encoded = {k: v.to(self.device) for k, v in encoded.items()}
-            with torch.inference_mode():
-                pooled = mean_pool(self._model(**encoded).last_hidden_state,
-                                   encoded["attention_mask"])  # fmt: skip
-                out[picked] = (pooled @ head_w.T + head_b).float().cpu().numpy()
+            out[picked] = self._batch_logits([inputs[i] for i in picked])
         return out
+
+    def _batch_logits(self, chunk: Sequence[str | Pair]) -> npt.NDArray[np.float32]:
+        import torch
+
+        head_w, head_b = self._head  # type: ignore[misc]
+        firsts = [c[0] if isinstance(c, tuple) else c for c in chunk]
+        seconds = [c[1] if isinstance(c, tuple) else None for c in chunk]
+        encoded = encode_inputs(self._tokenizer, firsts, seconds, self.spec.max_length)
+        if self._session is not None:
+            feeds = {k: v.numpy().astype(np.int64) for k, v in encoded.items()}
+            hidden = torch.from_numpy(self._session.run(None, feeds)[0])
+            pooled = mean_pool(hidden, encoded["attention_mask"])
+            return np.asarray((pooled @ head_w.T + head_b).numpy(), dtype=np.float32)
+        encoded = {k: v.to(self.device) for k, v in encoded.items()}
+        with torch.inference_mode():
+            pooled = mean_pool(self._model(**encoded).last_hidden_state,
+                               encoded["attention_mask"])  # fmt: skip
+            return np.asarray((pooled @ head_w.T + head_b).float().cpu().numpy(), dtype=np.float32)
 
     def probabilities(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float64]:
         """P(label) per input: a sigmoid for one label, a softmax across several."""

@@ -25,7 +25,8 @@ detectors.training.grounding``), another adapter (``adapter_path``) or a local N
 cross-encoder (``nli_model_path``) — a sentence's unsupported score is instead one minus
 P(supported): for grounding the best over the context's chunks (a long context is cut at
 sentence ends into pieces the model reads whole), for self-consistency the mean over the
-samples (SelfCheckGPT-NLI). Work per event is bounded (``MAX_CLAIMS`` sentences,
+samples (SelfCheckGPT-NLI); an adapter may mix in a share of word novelty (its
+``novelty_weight``). Work per event is bounded (``MAX_CLAIMS`` sentences,
 ``MAX_CHUNKS`` pieces of each source).
 """
 
@@ -75,6 +76,8 @@ class GroundingModel:
     def __init__(self, adapter: AdaptedClassifier) -> None:
         self.adapter = adapter
         self.threshold = adapter.spec.thresholds.get("unsupported", 0.5)
+        # Share of word novelty mixed into the unsupported score, chosen on training pairs.
+        self.novelty_weight = float(adapter.spec.metadata.get("novelty_weight", 0.0))
 
     @property
     def name(self) -> str:
@@ -84,11 +87,11 @@ class GroundingModel:
         return self.adapter.probabilities(list(pairs))
 
 
-def shipped_grounding(device: str = "auto") -> GroundingModel | None:
+def shipped_grounding(embeddings: EmbeddingService) -> GroundingModel | None:
     """The packaged grounding adapter, when the package has one."""
     if not (DEFAULT_GROUNDING / "adapter.json").is_file():
         return None
-    return GroundingModel(AdaptedClassifier(DEFAULT_GROUNDING, device=device))
+    return GroundingModel(AdaptedClassifier.beside(DEFAULT_GROUNDING, embeddings))
 
 
 def chunks(texts: Sequence[str], size: int = CHUNK_CHARS) -> list[str]:
@@ -154,7 +157,7 @@ class HallucinationDetector:
         nli: SupportModel | None = None,
     ) -> None:
         self.embeddings = embeddings
-        self.nli = nli if nli is not None else shipped_grounding(embeddings.device)
+        self.nli = nli if nli is not None else shipped_grounding(embeddings)
         defaults = dict(self.THRESHOLD)
         if self.nli is not None:
             self.version = f"{HallucinationDetector.version}+{self.nli.name}"
@@ -185,9 +188,14 @@ class HallucinationDetector:
             mode, sources = "self_consistency", [[s] for s in samples]
         else:
             return None
-        if self.nli is not None:
-            return Support(mode, self._entailed(sources, claims))
-        return Support(mode, self._against(sources, claims, self.NOVELTY_WEIGHT[mode]))
+        if self.nli is None:
+            return Support(mode, self._against(sources, claims, self.NOVELTY_WEIGHT[mode]))
+        unsupported = np.array(self._entailed(sources, claims))
+        mix = float(getattr(self.nli, "novelty_weight", 0.0))
+        if mix > 0.0:
+            novel = np.array(self._against(sources, claims, 1.0))  # words only: no embedding
+            unsupported = (1.0 - mix) * unsupported + mix * novel
+        return Support(mode, tuple(float(x) for x in unsupported))
 
     def _entailed(self, sources: list[list[str]], claims: list[str]) -> tuple[float, ...]:
         """With a support model: one minus P(supported), the best chunk of each source, averaged

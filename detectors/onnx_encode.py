@@ -34,6 +34,12 @@ def _model_key(model_path: Path) -> str:
 
 def export(model: Any, path: Path, *, quantize: bool) -> Path:
     """Export the transformer of ``model`` to ``path`` (int8 when ``quantize``), atomically."""
+    return export_transformer(model[0].auto_model, model.tokenizer, path, quantize=quantize)
+
+
+def export_transformer(transformer: Any, tokenizer: Any, path: Path, *, quantize: bool) -> Path:
+    """Export a Hugging Face encoder (inputs: ids, mask, token types; output: the last hidden
+    state) to ``path`` (int8 when ``quantize``), atomically."""
     import torch
 
     class Hidden(torch.nn.Module):
@@ -49,14 +55,14 @@ def export(model: Any, path: Path, *, quantize: bool) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    sample = model.tokenizer(["a sample sentence"], return_tensors="pt")
+    sample = tokenizer(["a sample sentence"], return_tensors="pt")
     fp32 = tmp.with_suffix(".fp32.tmp") if quantize else tmp
     # The tracer warns about two shape checks it freezes (padding length, causal flag); for an
     # encoder both are constant, and the vectors are tested equal across lengths.
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Hidden(model[0].auto_model.float().eval()).eval(),
+            Hidden(transformer.float().eval()).eval(),
             tuple(sample[name] for name in INPUTS),
             str(fp32),
             input_names=list(INPUTS),

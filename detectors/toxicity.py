@@ -77,11 +77,11 @@ class ToxicityHead:
             raise ValueError(f"{path}: not a toxicity head ({exc})") from exc
 
 
-def shipped_adapter(device: str = "auto") -> AdaptedClassifier | None:
+def shipped_adapter(embeddings: EmbeddingService) -> AdaptedClassifier | None:
     """The packaged toxicity adapter, when the package has one."""
     if not (DEFAULT_ADAPTER / "adapter.json").is_file():
         return None
-    return AdaptedClassifier(DEFAULT_ADAPTER, device=device)
+    return AdaptedClassifier.beside(DEFAULT_ADAPTER, embeddings)
 
 
 class ToxicityDetector:
@@ -102,7 +102,7 @@ class ToxicityDetector:
         self.classifier = classifier
         self.adapter = None
         if classifier is None and head is None:
-            self.adapter = adapter or shipped_adapter(embeddings.device)
+            self.adapter = adapter or shipped_adapter(embeddings)
         self.head = head or (ToxicityHead.load() if self.adapter is None else None)
         if classifier is not None:
             self.version = f"{ToxicityDetector.version}+{classifier.path.name}"

@@ -47,7 +47,9 @@ def build_semantic_detectors(
             classifier = SequenceClassifier(
                 tox.model_path, device=device, positive_labels=tox.positive_labels
             )
-        adapter = AdaptedClassifier(tox.adapter_path, device=device) if tox.adapter_path else None
+        adapter = (
+            AdaptedClassifier.beside(tox.adapter_path, embeddings) if tox.adapter_path else None
+        )
         detectors.append(ToxicityDetector(embeddings, head, tox.threshold, classifier, adapter))
     if settings.hallucination.enabled:
         detectors.append(hallucination_detector(settings, embeddings))
@@ -65,7 +67,7 @@ def hallucination_detector(
     if h.nli_model_path is not None:
         support = NliScorer(h.nli_model_path, device=device)
     elif h.adapter_path is not None:
-        support = GroundingModel(AdaptedClassifier(h.adapter_path, device=device))
+        support = GroundingModel(AdaptedClassifier.beside(h.adapter_path, embeddings))
     thresholds = {"grounding": h.grounding_threshold, "self_consistency": h.consistency_threshold}
     chosen = {mode: value for mode, value in thresholds.items() if value is not None}
     return HallucinationDetector(embeddings, chosen, support)

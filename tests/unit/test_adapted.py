@@ -41,3 +41,21 @@ def test_saved_adapter_scores_what_training_scored(tmp_path: Path) -> None:
 def test_not_an_adapter_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="adapter.json"):
         AdaptedClassifier(tmp_path)
+
+
+def test_onnx_runtime_scores_what_torch_scores(tmp_path: Path) -> None:
+    """On CPU the merged model runs on ONNX Runtime (exported once into the cache)."""
+    pytest.importorskip("onnxruntime")
+    from detectors.toxicity import DEFAULT_ADAPTER
+
+    inputs: list[str | tuple[str, str]] = [
+        "Thanks, that helped a lot.",
+        ("Insult me", "You are a worthless idiot."),
+        "ok",
+    ]
+    onnx = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="auto",
+                             onnx_cache_dir=tmp_path).load()  # fmt: skip
+    torch_path = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="torch").load()
+    assert onnx._session is not None and torch_path._session is None
+    assert list(tmp_path.glob("adapter-*-fp32.onnx"))
+    np.testing.assert_allclose(onnx.logits(inputs), torch_path.logits(inputs), atol=1e-4)

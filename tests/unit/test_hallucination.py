@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from detectors.embedding import EmbeddingService
@@ -88,3 +89,30 @@ def test_bad_thresholds_are_refused(detector: HallucinationDetector) -> None:
         HallucinationDetector(detector.embeddings, {"vibes": 0.5})
     with pytest.raises(ValueError, match="grounding"):
         HallucinationDetector(detector.embeddings, {"grounding": 2.0})
+
+
+class HalfSure:
+    """A support model that is never sure: P(supported) = 0.5 for every pair."""
+
+    name = "half-sure"
+
+    def __init__(self, novelty_weight: float) -> None:
+        self.novelty_weight = novelty_weight
+
+    def entailment(self, pairs: object) -> np.ndarray:
+        return np.full(len(pairs), 0.5)  # type: ignore[arg-type]
+
+
+def test_a_support_model_may_mix_in_word_novelty(cpu_embeddings: EmbeddingService) -> None:
+    copied = "It was opened in 1889 for the World's Fair."
+    invented = "It was designed by Leonardo da Vinci in Rome."
+    alone = HallucinationDetector(cpu_embeddings, nli=HalfSure(0.0))
+    mixed = HallucinationDetector(cpu_embeddings, nli=HalfSure(0.25))
+    score = {
+        (name, text): d.support(text, context=[PASSAGE]).score  # type: ignore[union-attr]
+        for name, d in (("alone", alone), ("mixed", mixed))
+        for text in (copied, invented)
+    }
+    assert score["alone", copied] == score["alone", invented] == pytest.approx(0.5)
+    assert score["mixed", copied] == pytest.approx(0.75 * 0.5)  # every word in the passage
+    assert score["mixed", invented] > score["mixed", copied]
