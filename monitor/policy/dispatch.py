@@ -100,8 +100,11 @@ class Dispatcher:
         )
         result: ActionAttempt = await retrying(attempt)
         if result.outcome == "retrying":  # stopped by the deadline before another try
+            # The same attempt, recorded again as given up. ``actions`` keeps the row with the
+            # latest ``at`` per (key, url, attempt), so this one must be strictly later.
+            at_ms = max(time.time_ns() // 1_000_000, result.at_ms + 1)
             result = msgspec.structs.replace(
-                result, outcome="gave_up", error=result.error or "deadline passed"
+                result, outcome="gave_up", error=result.error or "deadline passed", at_ms=at_ms
             )
             await on_attempt(result)
         return result

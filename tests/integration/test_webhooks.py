@@ -99,6 +99,10 @@ def test_gives_up_at_the_deadline_and_on_refusal(receiver: tuple[Receiver, str])
     hooks = Webhooks(rollback=[url], deadline_s=1.0)
     attempts = deliver(Dispatcher(hooks, SECRET, max_backoff_s=0.2), request())
     assert attempts[-1].outcome == "gave_up" and len(attempts) >= 2
+    # Given up after its last try: the same attempt, strictly later, so `actions FINAL`
+    # (latest `at` per key, url, attempt) keeps the given-up row.
+    if attempts[-1].attempt == attempts[-2].attempt:
+        assert attempts[-1].at_ms > attempts[-2].at_ms
     r.fail_first = 0
     refused = deliver(Dispatcher(Webhooks(rollback=[url]), b"wrong-secret"), request())
     assert [a.outcome for a in refused] == ["gave_up"] and refused[0].status_code == 401
