@@ -278,6 +278,14 @@ def pipeline_alerts() -> list[Alert]:
             "are in dead_letters with topic, partition, offset and raw bytes.",
         ),
         Alert(
+            "LLMMonitorChangelogRecordSkipped",
+            "sum by (table) (increase(llm_monitor_changelog_records_skipped_total[1h])) > 0",
+            "warning",
+            "A {{ $labels.table }} changelog record did not decode and was skipped",
+            "A worker restoring its tables skipped a changelog record it could not read, so "
+            "that one key's state (a window, a kill switch) was restored without it.",
+        ),
+        Alert(
             "LLMMonitorSpoolQuarantined",
             "sum by (reason) (increase(llm_monitor_spool_quarantined_total[1h])) > 0",
             "page",

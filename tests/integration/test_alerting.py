@@ -38,7 +38,7 @@ def run(*args: str) -> str:
 
 
 def test_rules_are_valid_and_their_unit_tests_pass() -> None:
-    assert "SUCCESS: 17 rules found" in run(tool("promtool"), "check", "rules", str(RULES))
+    assert "SUCCESS: 18 rules found" in run(tool("promtool"), "check", "rules", str(RULES))
     assert "SUCCESS" in run(
         tool("promtool"), "test", "rules", str(ROOT / "tests/promtool/llm-monitor.rules.test.yml")
     )
@@ -50,7 +50,7 @@ def test_rules_rendered_from_another_policy_are_valid(tmp_path: Path) -> None:
         "detector_rates": {"injection": {"threshold": 0.2}},
     }})  # fmt: skip
     path = write_rules(policy, tmp_path / "llm-monitor.rules.yml")
-    assert "SUCCESS: 17 rules found" in run(tool("promtool"), "check", "rules", str(path))
+    assert "SUCCESS: 18 rules found" in run(tool("promtool"), "check", "rules", str(path))
 
 
 def test_alertmanager_config_is_valid() -> None:

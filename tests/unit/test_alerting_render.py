@@ -24,7 +24,8 @@ ALERTS = [
     "LLMMonitorPIILeak", "LLMMonitorDetectorRateHigh", "LLMMonitorBiasDisparity",
     "LLMMonitorDriftDetected", "LLMMonitorWorkerDown", "LLMMonitorConsumerLagHigh",
     "LLMMonitorSinkFailing", "LLMMonitorDeadLettersHigh", "LLMMonitorInternalDeadLetters",
-    "LLMMonitorSpoolQuarantined", "LLMMonitorSinkDroppedRecords",
+    "LLMMonitorChangelogRecordSkipped", "LLMMonitorSpoolQuarantined",
+    "LLMMonitorSinkDroppedRecords",
 ]  # fmt: skip
 
 
