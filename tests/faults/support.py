@@ -29,6 +29,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from monitor.devtools.broker import free_port
+from monitor.devtools.worker import stop_worker
 from monitor.errors import SchemaError
 from monitor.ingest.events import Event, decode_event
 from tests.conftest import WorkerHarness, wait_until
@@ -353,13 +354,7 @@ class Prometheus:
         return {row["metric"]["alertstate"] for row in rows}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_worker(self.process, timeout_s=15)
 
 
 def start_prometheus(targets: Sequence[str], workdir: Path) -> Prometheus:
