@@ -149,6 +149,10 @@ def main() -> None:
         "ours_texts_per_s": ours["texts_per_s"],
         "presidio_texts_per_s": theirs["texts_per_s"],
         "speedup": round(speedup, 1),
+        # the headline figures under short names: our speed, the ratio, our F1 per type
+        "texts_per_s": ours["texts_per_s"],
+        "ratio": round(speedup, 1),
+        "f1": {t: ours["per_type"][t]["f1"] for t in TYPES},
     }
     sys.stdout.write(json.dumps(summary) + "\n")
 

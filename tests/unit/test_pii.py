@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stdnum import luhn
 
 from detectors.base import DetectorRegistry
-from detectors.pii import PiiDetector, PiiScanner, PiiType, card_brand, normalise_type, redact
+from detectors.pii import (
+    DEFAULT_PATTERNS,
+    PiiDetector,
+    PiiPattern,
+    PiiScanner,
+    PiiType,
+    card_brand,
+    luhn_valid,
+    normalise_type,
+    redact,
+)
 
 SCANNER = PiiScanner()
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def found(text: str) -> list[tuple[str, str]]:
@@ -42,6 +63,9 @@ def found(text: str) -> list[tuple[str, str]]:
         # US SSN
         ("ssn 123-45-6789", [("US_SSN", "123-45-6789")]),
         ("SSN: 219099998", [("US_SSN", "219099998")]),
+        # letters that match ASCII ones ignoring case, but lowercase to others (ſ: s, İ and ı: i)
+        ("\u017f\u017fn: 219099998", [("US_SSN", "219099998")]),
+        ("SOC\u0130AL SECUR\u0130TY 219099998", [("US_SSN", "219099998")]),
         # IBAN, spaced, compact and lowercase
         ("GB82 WEST 1234 5698 7654 32", [("IBAN", "GB82 WEST 1234 5698 7654 32")]),
         ("iban DE89370400440532013000.", [("IBAN", "DE89370400440532013000")]),
@@ -306,3 +330,97 @@ def test_one_leak_per_type_is_enough_to_stop_searching() -> None:
     assert finding is not None and finding.category == "leak"
     assert finding.details["leaked_types"] == "EMAIL"
     assert "leak_check_truncated" not in finding.details
+
+
+# --- the fast paths find what the plain patterns find ----------------------------------------
+
+
+def plain(pattern: PiiPattern) -> PiiPattern:
+    """The pattern with no prefilter, and out of the one pass over digit runs."""
+    return dataclasses.replace(pattern, anchor="", lead=None, head="", requires_lower=())
+
+
+class PlainScanner(PiiScanner):
+    """Every pattern's own regex over every text (the digit rule aside): the reference."""
+
+    PATTERNS = tuple(plain(p) for p in DEFAULT_PATTERNS)
+
+
+FRAGMENTS = (
+    "call (415) 555-2671", "+1-984-182-0190", "+46 (0)8 928 571 38", "345-899-3560x4587",
+    "03.93.92.16.85", "+447700 921 916", "9498777106", "4111 1111 1111 1111", "4111111111111111",
+    "378282246310005", "order #", "card ", "ssn 123-45-6789", "SSN: ", "219099998",
+    "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000", "gb42nawi04454264788619",
+    "192.168.10.254", "2001:db8::8a2e:370:7334", "fe80::1", "a@b.com", "jane.doe+x@example.co.uk",
+    "AKIAIOSFODNN7EXAMPLE", "sk-proj-AbCdEfGhIjKlMnOpQrStUv12", "ghp_" + "a1B2" * 9,
+    "Bearer abcdefghijklmnopqrstuvwxyz0123", "aws_secret_access_key=" + "A" * 40,
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jV",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+    "2024-03-15", "12:30:45", "Apt. 864", "lives at 28919 136 Filadelfeos Str.", "ext. 12",
+    "\u0661\u0662\u0663-\u0664\u0665\u0666-\u0667\u0668\u0669\u0660", "\u017f\u017fn ",
+)  # fmt: skip
+TEXTS = st.lists(
+    st.one_of(
+        st.sampled_from(FRAGMENTS),
+        st.text(alphabet="0123456789 +-.()#:/@_xeJAKIab\n\u0663\u0130", max_size=12),
+    ),
+    max_size=8,
+).map("".join)
+
+
+@FUZZ
+@given(TEXTS)
+def test_prefilters_and_the_one_pass_over_digit_runs_change_no_finding(text: str) -> None:
+    assert SCANNER.scan(text) == PlainScanner().scan(text)
+    assert PiiScanner(max_matches=2).scan(text) == PlainScanner(max_matches=2).scan(text)
+
+
+def test_the_reference_scanner_is_plain() -> None:
+    reference = PlainScanner()
+    assert all(not step.pattern.anchor and not step.pattern.head for step in reference._plan)
+    assert reference._runs is None and SCANNER._runs is not None
+
+
+# The phone regex as it reads best; the module's is written to begin with its first character.
+READABLE_PHONE = re.compile(
+    r"(?=[+(\d])(?<![\w+/.-])(?:\+\d{1,3}[ .-]?)?(?:\(0\) ?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,5}"
+    r"(?:[ .-]\d{1,5}){0,4}[ .-]\d{1,8}(?:(?:x|ext\.? ?)\d{1,6})?(?!\w|-\d|\.\d)"
+    r"|(?=[+\d])(?<![\w+])\+?\d{10,13}(?!\w)"
+)
+PHONE = next(p for p in DEFAULT_PATTERNS if p.type is PiiType.PHONE)
+
+
+@FUZZ
+@given(st.text(alphabet="0123456789  ..--++(())xet/#a_\n\u0663", max_size=40), st.data())
+def test_the_phone_regex_finds_what_its_readable_form_finds(text: str, data: st.DataObject) -> None:
+    pos = data.draw(st.integers(0, len(text)))
+    spans = [m.span() for m in PHONE.regex.finditer(text, pos)]
+    assert spans == [m.span() for m in READABLE_PHONE.finditer(text, pos)]
+
+
+@FUZZ
+@given(st.text(alphabet="0123456789", max_size=20) | st.text(alphabet="0123\u0663", max_size=4))
+def test_luhn_agrees_with_stdnum(digits: str) -> None:
+    assert luhn_valid(digits) == luhn.is_valid(digits)
+
+
+NOT_A_CARD_BEFORE = re.compile(
+    r"(?i)(?:order|invoice|tracking|account|acct|ref(?:erence)?|ticket|id|no\.?|number|#)"
+    r"\s*[:#]?\s*$"
+)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.sampled_from(["order", "ID", "no.", "#", ":", " ", "\n", "ref", "card", "x", "\u212a"]),
+        max_size=6,
+    ).map("".join)
+)
+def test_a_card_is_not_one_after_the_words_of_an_order_number(before: str) -> None:
+    """The module tests the words on the reversed text; the forward regex is the reference."""
+    text = before + " 4111111111111111"
+    start = len(before) + 1
+    window = text[max(0, start - 24) : start]
+    rejected = NOT_A_CARD_BEFORE.search(window) and "card" not in text[:start][-40:].lower()
+    assert found(text) == ([] if rejected else [("CREDIT_CARD", "4111111111111111")])
