@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup tools demo test lint typecheck unit integration e2e faults bench clean
+.PHONY: setup tools demo test lint typecheck unit integration e2e faults bench bench-compare bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,11 +55,18 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $(BENCH_STAMP)
 
+# Runs the default benchmarks and writes bench/results/*.json; `make bench-compare` runs them
+# again and flags any guarded figure that moved by more than 20 % against the committed result.
 bench: $(BENCH_STAMP) tools
-	$(BIN)/python -m bench.pii
-	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench run
+
+bench-compare: $(BENCH_STAMP) tools
+	$(BIN)/python -m bench compare
+
+# Every benchmark, the slow ones too (~15 min).
+bench-all: $(BENCH_STAMP) tools
+	$(BIN)/python -m bench run pipeline pii semantic spans onnx_cpu
 	$(BIN)/python -m bench.embedding --n 1000 --repeats 2
-	$(BIN)/python -m bench.onnx_cpu --n 1000
 	$(BIN)/python -m bench.drift
 	$(BIN)/llm-monitor bench reaction --json
 

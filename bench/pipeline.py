@@ -27,10 +27,11 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from monitor.client import produce
-from monitor.config import KafkaSettings
+from monitor.config import KafkaSettings, Role, Settings
 from monitor.devtools.broker import free_port, start_broker
 from monitor.devtools.generate import generate_events
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
+from streams.app import app_id_for
 from streams.topics import ensure_topics, pipeline_topics
 
 TOPIC = "llm.events"
@@ -64,7 +65,7 @@ def wait_stored(url: str, target: float, timeout_s: float = 300.0) -> float:
             done = -1
         if done >= target:
             return time.perf_counter()
-        time.sleep(0.02)
+        time.sleep(0.1)  # a scrape costs the worker ~2 ms of CPU: polling faster skews the figure
     raise TimeoutError(f"only {done:.0f}/{target:.0f} events stored after {timeout_s}s")
 
 
@@ -94,6 +95,8 @@ class Throughput:
     pipeline_rate: float
     baseline_rate: float
     paced: int
+    worker_cpu_us_per_event: float
+    broker_cpu_us_per_event: float
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,6 +104,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--paced-rate", type=int, default=2_000, help="events/s for latency")
     parser.add_argument("--paced-seconds", type=int, default=10)
+    parser.add_argument(
+        "--split-roles", action="store_true",
+        help="two worker processes: score, and aggregate+policy+sink (the default is one, all)",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -115,41 +122,70 @@ def worker_env(bootstrap: str, data_dir: Path, port: int) -> dict[str, str]:
     return env
 
 
+# One process with every role, or the score role in a process of its own (it holds no state
+# and needs no chdb, so it scales out; the other roles stay in the one process that owns chdb).
+SPLIT_ROLES: tuple[tuple[Role, ...], ...] = (("score",), ("aggregate", "policy", "sink"))
+
+
 def run_bench(args: argparse.Namespace, data_dir: Path) -> Throughput:
-    """Start the broker and a worker, run the measured loads, stop both."""
+    """Start the broker and the worker(s), run the measured loads, stop them all."""
     partitions = KafkaSettings().partitions
     broker = start_broker(log_path=data_dir / "broker.log")
-    port = free_port()
-    env = worker_env(broker.bootstrap, data_dir, port)
-    worker = None
+    role_sets: tuple[tuple[Role, ...], ...] = SPLIT_ROLES if args.split_roles else (("all",),)
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        asyncio.run(
-            ensure_topics(broker.bootstrap, pipeline_topics(KafkaSettings(), ["llm-monitor"]))
-        )
-        worker = start_worker(env, data_dir / "worker.log")
-        wait_ready(f"http://127.0.0.1:{port}/health")
-        return measure(args, broker.bootstrap, f"http://127.0.0.1:{port}/metrics", partitions)
+        app_ids = [app_id_for(Settings(roles=list(roles))) for roles in role_sets]
+        asyncio.run(ensure_topics(broker.bootstrap, pipeline_topics(KafkaSettings(), app_ids)))
+        ports = []
+        for roles in role_sets:
+            ports.append(free_port())
+            env = worker_env(broker.bootstrap, data_dir, ports[-1])
+            env["LLM_MONITOR_ROLES"] = json.dumps(list(roles))
+            workers.append(start_worker(env, data_dir / f"worker-{'-'.join(roles)}.log"))
+        for port in ports:
+            wait_ready(f"http://127.0.0.1:{port}/health")
+        sink_metrics = f"http://127.0.0.1:{ports[-1]}/metrics"
+        pids = [w.pid for w in workers]
+        return measure(args, broker.bootstrap, sink_metrics, partitions, pids, broker.process.pid)
     finally:
-        if worker is not None:
+        for worker in workers:
             stop_worker(worker)
         broker.stop()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes ``pids`` so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    args: argparse.Namespace, bootstrap: str, metrics_url: str, partitions: int
+    args: argparse.Namespace,
+    bootstrap: str,
+    metrics_url: str,
+    partitions: int,
+    pids: list[int],
+    broker_pid: int,
 ) -> Throughput:
     """A warm-up, the timed burst, the paced load for latency, then the bare-consume baseline
-    over everything produced."""
+    over everything produced. The worker's CPU time per burst event is the figure that other
+    load on the machine moves least."""
     warm = records(2000, seed=1)
     asyncio.run(produce(bootstrap, TOPIC, warm))
     wait_stored(metrics_url, len(warm))
 
     burst = records(args.events, seed=2)
+    cpu_before, broker_before = cpu_seconds(pids), cpu_seconds([broker_pid])
     started = time.perf_counter()
     asyncio.run(produce(bootstrap, TOPIC, burst))
     produced = time.perf_counter()
     finished = wait_stored(metrics_url, len(warm) + len(burst))
     pipeline_rate = len(burst) / (finished - started)
+    cpu_us = (cpu_seconds(pids) - cpu_before) / len(burst) * 1e6
+    broker_us = (cpu_seconds([broker_pid]) - broker_before) / len(burst) * 1e6
 
     paced = records(args.paced_rate * args.paced_seconds, seed=3)
     asyncio.run(paced_produce(bootstrap, paced, args.paced_rate))
@@ -163,6 +199,8 @@ def measure(
         pipeline_rate=pipeline_rate,
         baseline_rate=total / baseline_seconds,
         paced=len(paced),
+        worker_cpu_us_per_event=cpu_us,
+        broker_cpu_us_per_event=broker_us,
     )
 
 
@@ -194,7 +232,9 @@ def stored_latency(data_dir: Path, n: int) -> tuple[float, float, int]:
     return float(row[0]), float(row[1]), int(row[2])
 
 
-def print_results(paced_rate: int, t: Throughput, latency: tuple[float, float, int]) -> None:
+def print_results(
+    paced_rate: int, split_roles: bool, t: Throughput, latency: tuple[float, float, int]
+) -> None:
     """The human-readable lines, then one JSON line for scripts."""
     p50_ms, p99_ms, n = latency
     print(f"burst: {t.burst} events produced in {t.burst_produce_s:.2f}s")
@@ -204,6 +244,10 @@ def print_results(paced_rate: int, t: Throughput, latency: tuple[float, float, i
     print(f"baseline (bare aiokafka consume loop, same broker): {t.baseline_rate:,.0f} events/s")
     print(f"ratio pipeline/baseline: {t.pipeline_rate / t.baseline_rate:.3f}")
     print(
+        f"CPU per burst event: worker {t.worker_cpu_us_per_event:.0f} µs (every thread), "
+        f"broker {t.broker_cpu_us_per_event:.0f} µs"
+    )
+    print(
         f"latency produce->stored at {paced_rate} events/s over {n} events: "
         f"p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms"
     )
@@ -212,6 +256,9 @@ def print_results(paced_rate: int, t: Throughput, latency: tuple[float, float, i
         "pipeline_events_per_s": round(t.pipeline_rate),
         "baseline_events_per_s": round(t.baseline_rate),
         "ratio": round(t.pipeline_rate / t.baseline_rate, 3),
+        "worker_cpu_us_per_event": round(t.worker_cpu_us_per_event, 1),
+        "broker_cpu_us_per_event": round(t.broker_cpu_us_per_event, 1),
+        "split_roles": split_roles,
         "paced_rate": paced_rate,
         "p50_ms": p50_ms,
         "p99_ms": p99_ms,
@@ -223,7 +270,8 @@ def main() -> None:
     args = parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="llm-monitor-bench-"))
     throughput = run_bench(args, data_dir)
-    print_results(args.paced_rate, throughput, stored_latency(data_dir, throughput.paced))
+    latency = stored_latency(data_dir, throughput.paced)
+    print_results(args.paced_rate, args.split_roles, throughput, latency)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ Bad events go to the DLQ; scored rows to the sink; window partials to the aggreg
 semantic detector on, every valid event is forwarded to the embed topic too. Offsets commit
 only after every produced record is acknowledged.
 
-Scoring and encoding run in a worker thread (``prepare``), so /health and /metrics answer
-during a large batch. Nothing in a batch can crash the agent: scored rows are split into
+The events topic is read by a batch consumer beside faust's (streams/batches.py): with a
+record per LLM call, faust's per-message path is where the CPU went. Scoring and encoding run
+in a worker thread (``prepare``), so /health and /metrics answer during a large batch.
+Nothing in a batch can crash the role: scored rows are split into
 records under the producers' size limit, and when a batch fails as a whole (a detector or an
 encoder raising) it is split until the failing records are alone; only those are
 dead-lettered (``unprocessable``, or ``too_large`` for a row that fits no record).
@@ -30,7 +32,8 @@ from monitor.metrics import Metrics
 from monitor.scoring.pipeline import Pipeline, PipelineResult
 from monitor.scoring.registry import build_registry
 from monitor.scoring.rows import EventRow, ScoredBatch
-from streams.kafka import deliver, forward_headers, raw_message
+from streams.batches import BatchConsumer, run_with_app
+from streams.kafka import deliver, forward_headers
 from streams.observe import observe_scoring
 
 log = logging.getLogger(__name__)
@@ -142,29 +145,26 @@ def add_score_role(
     dlq, scored, partials = topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic]
     embed = topics[k.embed_topic] if settings.detectors.semantic_enabled else None
 
-    @app.agent(topics[k.events_topic], name="score")
-    async def score(stream: Any) -> None:
-        async for events in stream.take_events(
-            settings.pipeline.batch_size, within=settings.pipeline.batch_wait_s
-        ):
-            messages = [raw_message(e) for e in events]
-            parts = await asyncio.to_thread(prepare, pipeline, messages)
-            sends = []
-            for part in parts:
-                for key, value in part.dead_letters:
-                    sends.append(await dlq.send(key=key, value=value))
-                for value in part.scored:
-                    sends.append(await scored.send(value=value))
-                for key, value in part.partials:
-                    sends.append(await partials.send(key=key, value=value))
-            if embed is not None:
-                dead = {(d.partition, d.offset) for p in parts for d in p.result.dead_letters}
-                for m in messages:
-                    if (m.partition, m.offset) not in dead:
-                        sends.append(await embed.send(
-                            key=m.key, value=m.value, partition=m.partition,
-                            headers=forward_headers(m),
-                        ))  # fmt: skip
-            await deliver(sends)
-            for part in parts:
-                observe_scoring(metrics, part.received, part.result)
+    async def score(messages: list[RawMessage]) -> None:
+        parts = await asyncio.to_thread(prepare, pipeline, messages)
+        sends = []
+        for part in parts:
+            for key, value in part.dead_letters:
+                sends.append(await dlq.send(key=key, value=value))
+            for value in part.scored:
+                sends.append(await scored.send(value=value))
+            for key, value in part.partials:
+                sends.append(await partials.send(key=key, value=value))
+        if embed is not None:
+            dead = {(d.partition, d.offset) for p in parts for d in p.result.dead_letters}
+            for m in messages:
+                if (m.partition, m.offset) not in dead:
+                    sends.append(await embed.send(
+                        key=m.key, value=m.value, partition=m.partition,
+                        headers=forward_headers(m),
+                    ))  # fmt: skip
+        await deliver(sends)
+        for part in parts:
+            observe_scoring(metrics, part.received, part.result)
+
+    run_with_app(app, BatchConsumer(settings, app.conf.id, k.events_topic, score, metrics))

@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 
 from monitor.config import Settings
 from monitor.metrics import Metrics
+from streams.batches import batch_consumers
 
 LAG_INTERVAL_S = 2.0
 # aiohttp refuses a charset inside content_type; Prometheus text format 0.0.4 is UTF-8 anyway.
@@ -32,7 +33,9 @@ def add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            assignment = app.consumer.assignment() if app.consumer else set()
+            assignment = set(app.consumer.assignment()) if app.consumer else set()
+            for batches in batch_consumers(app):
+                assignment |= batches.assignment()
             return self.json(
                 {
                     "status": "ok",
@@ -60,7 +63,14 @@ def add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
 
 def recovered(app: faust.App) -> bool:
     """The worker owns partitions and has restored its tables from their changelogs (faust's
-    recovery runs after every rebalance, tables or not, and ends by resuming the streams)."""
+    recovery runs after every rebalance, tables or not, and ends by resuming the streams).
+    A worker whose only role reads through a batch consumer (score) has no faust topics: it
+    is ready once that consumer owns partitions."""
+    batches = batch_consumers(app)
+    if batches and not all(b.assignment() for b in batches):
+        return False
+    if not app.agents:
+        return bool(batches)
     if app.consumer is None or not app.consumer.assignment():
         return False
     recovery = app.tables.recovery  # type: ignore[attr-defined]

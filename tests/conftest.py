@@ -22,6 +22,7 @@ from monitor.config import KafkaSettings, Settings
 from monitor.devtools.broker import BundledBroker, free_port, start_broker
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.ingest.events import Event, decode_event
+from streams.batches import group_reading
 from streams.topics import ensure_topics, pipeline_topics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -203,19 +204,22 @@ async def log_ends(bootstrap: str, topics: tuple[str, ...]) -> dict[TopicPartiti
 
 
 async def group_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
-    """Records on ``topics`` beyond the group's committed offsets."""
+    """Records on ``topics`` beyond the committed offsets of the app ``group`` (the events
+    topic is read by its batch consumer's group, streams/batches.py)."""
     ends = await log_ends(bootstrap, topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        lag = 0
-        for tp, end in ends.items():
-            lag += end - ((await consumer.committed(tp)) or 0)
-        return lag
-    finally:
-        await consumer.stop()
+    lag = 0
+    for reader_group in {group_reading(group, tp.topic) for tp in ends}:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=reader_group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            for tp, end in ends.items():
+                if group_reading(group, tp.topic) == reader_group:
+                    lag += end - ((await consumer.committed(tp)) or 0)
+        finally:
+            await consumer.stop()
+    return lag
 
 
 @pytest.fixture

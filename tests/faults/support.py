@@ -32,6 +32,7 @@ from monitor.devtools.broker import free_port
 from monitor.devtools.worker import stop_worker
 from monitor.errors import SchemaError
 from monitor.ingest.events import Event, decode_event
+from streams.batches import group_reading
 from tests.conftest import WorkerHarness, wait_until
 from tests.e2e.test_pipeline_e2e import query
 
@@ -188,14 +189,21 @@ class Offsets:
     async def _committed(
         self, group: str, partitions: Sequence[TopicPartition]
     ) -> dict[TopicPartition, int]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            return {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
-        finally:
-            await consumer.stop()
+        """Committed offsets of app ``group``, each asked of the group that reads its topic
+        (the events topic's batch consumer has its own, streams/batches.py)."""
+        done: dict[TopicPartition, int] = {}
+        for reader in {group_reading(group, tp.topic) for tp in partitions}:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=reader, enable_auto_commit=False
+            )
+            await consumer.start()
+            try:
+                for tp in partitions:
+                    if group_reading(group, tp.topic) == reader:
+                        done[tp] = (await consumer.committed(tp)) or 0
+            finally:
+                await consumer.stop()
+        return done
 
     def behind(self, group: str, targets: dict[TopicPartition, int]) -> int:
         """Records below ``targets`` the group has not committed yet."""
