@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from monitor.errors import ConfigError
+from monitor.ingest.genai_mapping import SpanMapping
 
 ENV_PREFIX = "LLM_MONITOR_"
 CONFIG_FILE_ENV = "LLM_MONITOR_CONFIG_FILE"
@@ -42,6 +43,11 @@ class KafkaSettings(BaseModel):
     actions_topic: str = "llm.actions"
     control_topic: str = "llm.control"
     policy_topic: str = "llm.policy"
+    otlp_spans_topic: str = Field(
+        default="otlp_spans",
+        description="OTLP traces from the Collector's Kafka exporter (protobuf or JSON): one "
+        "event per GenAI span (docs/otlp.md); empty: no span ingest",
+    )
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     session_timeout_s: float = Field(default=8.0, gt=0)
@@ -84,6 +90,17 @@ class PipelineSettings(BaseModel):
     allowed_lateness_s: int = Field(default=30, ge=0)
     window_retention_s: int = Field(
         default=3600, ge=0, description="closed windows still accept late partials this long"
+    )
+
+
+class OtlpSettings(BaseModel):
+    """Span ingest (the ``score`` role reads ``kafka.otlp_spans_topic``): how spans map."""
+
+    mapping: SpanMapping = Field(
+        default_factory=SpanMapping, description="GenAI span -> event table (docs/otlp.md)"
+    )
+    batch_records: int = Field(
+        default=100, ge=1, le=100_000, description="OTLP records per batch (each holds spans)"
     )
 
 
@@ -273,6 +290,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     detectors: DetectorsSettings = Field(default_factory=DetectorsSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    otlp: OtlpSettings = Field(default_factory=OtlpSettings)
 
     @field_validator("roles")
     @classmethod

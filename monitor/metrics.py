@@ -79,6 +79,7 @@ class Metrics:
     webhook_attempts: Counter
     killswitch_api_calls: Counter
     incident_evidence: Counter
+    otlp_spans: Counter
 
     def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
         g = self.guard
@@ -91,6 +92,7 @@ ATTEMPT_OUTCOMES = ("delivered", "retrying", "gave_up")
 API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
 EVIDENCE_OUTCOMES = ("copied", "failed")
 QUARANTINE_REASONS = ("unreadable", "refused")
+OTLP_SPAN_OUTCOMES = ("event", "ignored")  # a GenAI span's event, or a span left out
 # Reasons of llm_monitor_internal_dead_letters_total (records of internal topics).
 REASON_UNDECODABLE = "undecodable"  # the record does not decode
 REASON_UNPROCESSABLE = "unprocessable"  # it decodes, but processing it fails
@@ -120,6 +122,8 @@ def initialise(metrics: Metrics) -> None:
         metrics.incident_evidence.labels(outcome)
     for reason in QUARANTINE_REASONS:
         metrics.spool_quarantined.labels(reason)
+    for outcome in OTLP_SPAN_OUTCOMES:
+        metrics.otlp_spans.labels(outcome)
 
 
 def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) -> Metrics:
@@ -326,6 +330,12 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         incident_evidence=counter(
             "llm_monitor_incident_evidence_copies",
             "Incident evidence copies out of the TTL'd tables, by outcome (copied, failed).",
+            ("outcome",),
+        ),
+        otlp_spans=counter(
+            "llm_monitor_otlp_spans",
+            "Spans read from the OTLP topic: 'event' (a GenAI span, one event each) or "
+            "'ignored' (any other span).",
             ("outcome",),
         ),
     )

@@ -1,7 +1,8 @@
 """The faust app: one consumer group per role set, one module per role, /metrics and /health.
 
 Roles: ``score`` (validate, detect, redact, pre-aggregate; forwards valid events to the embed
-topic when a semantic detector is on), ``embed`` (embedding-backed detectors, on a GPU when
+topic when a semantic detector is on; also reads OTLP spans, one event per GenAI span:
+streams/spans.py), ``embed`` (embedding-backed detectors, on a GPU when
 there is one), ``aggregate`` (windows in a changelog-backed table), ``sink`` (ClickHouse).
 ``all`` runs every role in one worker. Each role's module (streams/score.py, embed.py,
 aggregate.py, policy.py, sink.py) only moves batches between Kafka and ``monitor``; the logic
@@ -25,6 +26,7 @@ from streams.policy import add_policy_role, api_token
 from streams.policy_api import add_policy_api
 from streams.score import add_score_role
 from streams.sink import add_sink_role
+from streams.spans import add_span_ingest
 from streams.topics import stream_topics
 from streams.tuning import recover_to_log_end, seek_before_resume, set_fetch_max_wait
 from streams.web import add_views
@@ -55,6 +57,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     roles = settings.active_roles
     if "score" in roles:
         add_score_role(app, settings, metrics, topics)
+        if k.otlp_spans_topic:
+            add_span_ingest(app, settings, metrics, topics)
     if "embed" in roles and settings.detectors.semantic_enabled:
         add_embed_role(app, settings, metrics, topics)
     if "aggregate" in roles:

@@ -25,7 +25,13 @@ from monitor.metrics import REASON_UNDECODABLE, Metrics
 from monitor.scoring.registry import build_embeddings
 from monitor.scoring.semantic import SemanticScorer
 from monitor.windows.stats import EventSource
-from streams.kafka import deliver, origin_offset, raw_message, send_internal_dead_letter
+from streams.kafka import (
+    deliver,
+    origin_offset,
+    origin_topic,
+    raw_message,
+    send_internal_dead_letter,
+)
 from streams.observe import observe_semantic
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ def add_embed_role(
             forwarded = decode_forwarded(
                 [raw_message(r) for r in records], k.events_topic,
                 [origin_offset(r) for r in records], settings.pipeline.max_event_bytes,
+                [origin_topic(r) for r in records],
             )  # fmt: skip
             await deliver([
                 await send_internal_dead_letter(dlq, m, REASON_UNDECODABLE, error, metrics)
@@ -92,12 +99,14 @@ def decode_forwarded(
     events_topic: str,
     origins: list[int | None],
     max_bytes: int,
+    origin_topics: list[str | None] | None = None,
 ) -> Forwarded:
     """Events the score role validated, each with where it was first read (its llm.events
-    record, from the forwarding header; else this record); one that no longer decodes is set
-    apart, not retried."""
+    record, or the topic ``origin_topics`` names, such as the OTLP topic, from the forwarding
+    headers; else this record); one that no longer decodes is set apart, not retried."""
     out = Forwarded()
-    for message, origin in zip(messages, origins, strict=True):
+    topics = origin_topics or [None] * len(messages)
+    for message, origin, topic in zip(messages, origins, topics, strict=True):
         try:
             event = decode_event(message.value, max_bytes=max_bytes)
         except SchemaError as exc:
@@ -109,7 +118,7 @@ def decode_forwarded(
             out.sources.append(
                 EventSource(message.topic, message.partition, message.offset)
                 if origin is None
-                else EventSource(events_topic, message.partition, origin)
+                else EventSource(topic or events_topic, message.partition, origin)
             )
             continue
         log.warning(

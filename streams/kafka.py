@@ -17,11 +17,30 @@ from monitor.metrics import Metrics
 # go to the same partition number: the embed role's window contributions then name the same
 # source as the score role's, in its offset order, so a re-forwarded copy is merged once.
 ORIGIN_OFFSET_HEADER = "llm-monitor-origin-offset"
+# ... and the topic it was read from, when not llm.events: span events (streams/spans.py) name
+# the OTLP topic and their position there (monitor/ingest/otlp.py), a source of their own.
+ORIGIN_TOPIC_HEADER = "llm-monitor-origin-topic"
 
 
 def forward_headers(message: RawMessage) -> dict[str, bytes]:
     """Headers naming where a forwarded record was first read."""
     return {ORIGIN_OFFSET_HEADER: str(message.offset).encode()}
+
+
+def forward_headers_from(message: RawMessage) -> dict[str, bytes]:
+    """Headers naming where a forwarded record was first read, its topic included."""
+    return {**forward_headers(message), ORIGIN_TOPIC_HEADER: message.topic.encode()}
+
+
+def origin_topic(event: Any) -> str | None:
+    """The topic a forwarded record names as its origin, or None (llm.events: the default)."""
+    value = (getattr(event, "headers", None) or {}).get(ORIGIN_TOPIC_HEADER)
+    if value is None:
+        return None
+    try:
+        return bytes(value).decode() or None
+    except (TypeError, ValueError):
+        return None
 
 
 def origin_offset(event: Any) -> int | None:

@@ -22,11 +22,14 @@ def changelog_topic(app_id: str, table: str) -> str:
 
 
 def stream_topics(kafka: KafkaSettings) -> tuple[str, ...]:
-    """The topics the roles read and write (table changelogs aside)."""
+    """The topics the roles read and write (table changelogs aside), the OTLP spans topic
+    included when span ingest is on: its partitions must match the embed topic's, since span
+    events are forwarded there to the partition they were read from."""
+    spans = (kafka.otlp_spans_topic,) if kafka.otlp_spans_topic else ()
     return (
         kafka.events_topic, kafka.dlq_topic, kafka.embed_topic, kafka.scored_topic,
         kafka.partials_topic, kafka.windows_topic, kafka.actions_topic, kafka.control_topic,
-        kafka.policy_topic,
+        kafka.policy_topic, *spans,
     )  # fmt: skip
 
 

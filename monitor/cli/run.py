@@ -13,8 +13,9 @@ from rich.progress import Progress
 
 from monitor.cli.common import DataDir, console, err, fail, request_id_of, settings_for
 from monitor.errors import MonitorError
+from monitor.ingest.formats import InputFormat
 
-# The publisher's request limit is 4 MiB (monitor/client.py); a larger line cannot be sent,
+# The publisher's request limit is 4 MiB (monitor/client/bulk.py); a larger line cannot be sent,
 # and the worker would refuse it as too_large anyway. Leave room for the record's overhead.
 MAX_LINE_BYTES: Final = 4 * 1_048_576 - 64 * 1024
 MAX_KEY_BYTES: Final = 1024
@@ -55,10 +56,31 @@ def record_key(line: bytes) -> bytes:
     return key if len(key) <= MAX_KEY_BYTES else b""
 
 
+def input_records(lines: list[bytes], input_format: InputFormat) -> list[tuple[bytes, bytes]]:
+    """(key, value) records for the lines of an input file: events keyed by request_id, OTLP
+    trace requests by their first trace id (as the Collector's ``partition_traces_by_id``)."""
+    if input_format is InputFormat.OTLP_JSON:
+        from monitor.ingest.otlp import record_key as otlp_key
+
+        return [(otlp_key(line), line) for line in lines]
+    return [(record_key(line), line) for line in lines]
+
+
+InputFormatOption = Annotated[
+    InputFormat,
+    typer.Option(
+        "--input-format",
+        help="events: one event (JSON) a line; otlp-json: one OTLP/JSON trace request a line "
+        "(the Collector's file exporter), read by the span ingest (docs/otlp.md)",
+    ),
+]
+
+
 def demo(
     input: Annotated[
         Path | None, typer.Option(help="JSONL events instead of generated ones")
     ] = None,
+    input_format: InputFormatOption = InputFormat.EVENTS,
     events: Annotated[int, typer.Option(help="generated events")] = 20_000,
     data_dir: DataDir = None,
     seed: Annotated[int, typer.Option()] = 7,
@@ -73,11 +95,15 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         settings = settings_for(data_dir or Path("data"))
-        if input is not None:
+        if input is not None and input_format is InputFormat.OTLP_JSON:
+            records = input_records(read_lines(input), input_format)
+        elif input is not None:
             records = [(b"", line) for line in read_lines(input)]
+        elif input_format is InputFormat.OTLP_JSON:
+            raise MonitorError("--input-format otlp-json reads a file: pass --input FILE")
         else:
             records = list(generate_events(events, seed=seed))
-        run_demo(settings, records, semantic=semantic)
+        run_demo(settings, records, semantic=semantic, input_format=input_format)
     except MonitorError as exc:
         fail(exc)
 
@@ -113,30 +139,37 @@ def worker() -> None:
 
 def replay(
     file: Annotated[Path, typer.Argument(help="JSONL, one event per line")],
-    topic: Annotated[str | None, typer.Option(help="default: the events topic")] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="default: the events topic (otlp-json: the spans topic)")
+    ] = None,
+    input_format: InputFormatOption = InputFormat.EVENTS,
 ) -> None:
-    """Publish a JSONL file to the events topic, line by line, as raw bytes."""
+    """Publish a JSONL file to the events topic (or OTLP/JSON lines to the spans topic), line
+    by line, as raw bytes."""
     from monitor.client import produce
 
     try:
         settings = settings_for()
         if not settings.kafka.bootstrap_servers:
             raise MonitorError("set KAFKA_BOOTSTRAP_SERVERS to the broker to replay into")
-        lines = read_lines(file)
+        default_topic = settings.kafka.events_topic
+        if input_format is InputFormat.OTLP_JSON:
+            default_topic = settings.kafka.otlp_spans_topic
+            if not (topic or default_topic):
+                raise MonitorError(
+                    "kafka.otlp_spans_topic is empty (span ingest off); pass --topic"
+                )
+        keyed = input_records(read_lines(file), input_format)
         with Progress(console=err) as bar:
-            task = bar.add_task(f"replaying {file.name}", total=len(lines))
+            task = bar.add_task(f"replaying {file.name}", total=len(keyed))
 
             def records() -> Any:
-                for line in lines:
+                for key, line in keyed:
                     bar.advance(task)
-                    yield record_key(line), line
+                    yield key, line
 
             sent = asyncio.run(
-                produce(
-                    settings.kafka.bootstrap_servers,
-                    topic or settings.kafka.events_topic,
-                    records(),
-                )
+                produce(settings.kafka.bootstrap_servers, topic or default_topic, records())
             )
         console.print(f"sent {sent} records")
     except MonitorError as exc:

@@ -25,6 +25,9 @@ from monitor.devtools.broker import BundledBroker, free_port, start_broker
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.errors import MonitorError
 from monitor.ingest.decode import ArrivalBounds, RawMessage, decode_batch
+from monitor.ingest.formats import InputFormat
+from monitor.ingest.genai_mapping import GenAiMapper
+from monitor.ingest.otlp import expand_records
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.storage.sink import EVIDENCE_DELAY_S
@@ -180,20 +183,30 @@ def wait_until(
     )
 
 
-def expected_outcome(settings: Settings, records: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+def expected_outcome(
+    settings: Settings,
+    records: list[tuple[bytes, bytes]],
+    input_format: InputFormat = InputFormat.EVENTS,
+) -> tuple[int, int]:
     """How many records the worker will store as events and as dead letters: decoded with the
-    worker's rules (size, schema, event time within the configured bounds of now)."""
+    worker's rules (size, schema, event time within the configured bounds of now). OTLP
+    records count one event per GenAI span, and a dead letter per record or span refused."""
+    spans = input_format is InputFormat.OTLP_JSON
+    topic = settings.kafka.otlp_spans_topic if spans else settings.kafka.events_topic
     messages = [
-        RawMessage(value, key, settings.kafka.events_topic, 0, offset, 0)
-        for offset, (key, value) in enumerate(records)
+        RawMessage(value, key, topic, 0, offset, 0) for offset, (key, value) in enumerate(records)
     ]
+    refused = 0
+    if spans:
+        batch = expand_records(messages, GenAiMapper(settings.otlp.mapping))
+        messages, refused = batch.messages, len(batch.dead_letters)
     decoded = decode_batch(
         messages,
         max_bytes=settings.pipeline.max_event_bytes,
         now_ms=lambda: time.time_ns() // 1_000_000,
         bounds=ArrivalBounds.of(settings.pipeline),
     )
-    return len(decoded.events), len(decoded.dead_letters)
+    return len(decoded.events), len(decoded.dead_letters) + refused
 
 
 def run_demo(
@@ -202,11 +215,21 @@ def run_demo(
     *,
     timeout_s: float = 300.0,
     semantic: bool = True,
+    input_format: InputFormat = InputFormat.EVENTS,
 ) -> None:
-    """Run the whole demo; raises MonitorError when something is not accounted for."""
+    """Run the whole demo; raises MonitorError when something is not accounted for. OTLP
+    records go to the spans topic, through the same path as the Collector's."""
     from monitor.devtools.report import print_actions, print_summary
 
-    expected_events, expected_dead = expected_outcome(settings, records)
+    topic = settings.kafka.events_topic
+    if input_format is InputFormat.OTLP_JSON:
+        topic = settings.kafka.otlp_spans_topic
+        if not topic:
+            raise MonitorError(
+                "kafka.otlp_spans_topic is empty, so span ingest is off. Fix: unset "
+                "LLM_MONITOR_KAFKA__OTLP_SPANS_TOPIC (default otlp_spans) to read OTLP input."
+            )
+    expected_events, expected_dead = expected_outcome(settings, records, input_format)
     ensure_data_dir(settings)
     logs = settings.data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -230,8 +253,7 @@ def run_demo(
         console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
         started = time.monotonic()
         url = f"http://127.0.0.1:{port}/metrics"
-        sent = produce_paced(bootstrap, settings.kafka.events_topic, records, url, worker,
-                             semantic=semantic)  # fmt: skip
+        sent = produce_paced(bootstrap, topic, records, url, worker, semantic=semantic)
         console.print(
             f"[bold]traffic[/] produced {sent} records in {time.monotonic() - started:.1f}s"
         )
