@@ -1,17 +1,20 @@
 """Reaction time: policy engine vs Prometheus + Alertmanager, on the same incidents.
 
-One worker (all roles) runs the policy with a rollback webhook to a local verifying receiver.
-Two real Prometheus servers scrape that worker with our alert rules and post to two real
-Alertmanagers, which post to the same receiver: one with production-typical intervals
-(scrape 15 s, evaluation 15 s, group_wait 30 s), one with the shortest sane ones (1 s, 1 s,
-0 s). Each incident is a fresh model whose canary goes from healthy to 30 % errors; incidents
-start a second apart. For each path the reaction is the time from the produce timestamp of the
-event that tips *its* trigger (policy: the first event after which the Wilson lower bound of
-the error rate clears 5 % with at least ``min_samples`` events; Prometheus rule: the first
-after which the point rate clears 5 % with at least 50 events) to its webhook's arrival.
+One worker (all roles) runs the policy with a rollback webhook to a local verifying receiver,
+and pushes its incidents to a real Alertmanager (group_wait 0 s) that notifies the same
+receiver: the policy → Alertmanager → receiver path. Two real Prometheus servers scrape that
+worker with our alert rules and post to two more Alertmanagers, which post to the same
+receiver: one with production-typical intervals (scrape 15 s, evaluation 15 s, group_wait
+30 s), one with the shortest sane ones (1 s, 1 s, 0 s). Each incident is a fresh model whose
+canary goes from healthy to 30 % errors; incidents start a second apart. For each path the
+reaction is the time from the produce timestamp of the event that tips *its* trigger (policy
+and its Alertmanager push: the first event after which the Wilson lower bound of the error
+rate clears 5 % with at least ``min_samples`` events; Prometheus rule: the first after which
+the point rate clears 5 % with at least 50 events) to the arrival of its webhook.
 
 ``llm-monitor bench reaction --json`` (or ``python -m bench.reaction``) prints one JSON object
-last: ``{"p50_s", "p99_s", "baseline_p50_s", "baseline_p99_s", "speedup_p50", ...}``.
+last: ``{"p50_s", "p99_s", "alertmanager_p50_s", "alertmanager_p99_s", "baseline_p50_s",
+"baseline_p99_s", "speedup_p50", ...}``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ PROFILES = {
     "production": {"scrape": "15s", "evaluate": "15s", "group_wait": "30s"},
     "fast": {"scrape": "1s", "evaluate": "1s", "group_wait": "0s"},
 }
+# The Alertmanager the policy pushes its incidents to (no Prometheus in front of it).
+PUSHED = {"group_wait": "0s", "group_interval": "1s"}
+INCIDENT_ALERT = "LLMMonitorIncident"
 HEALTHY, FAULTY, ERROR_RATE, RATE_PER_S = 80, 220, 0.30, 100.0
 
 
@@ -131,9 +137,10 @@ def _start_alertmanager(
 ) -> tuple[subprocess.Popen[bytes], int]:
     config = yaml.safe_load(ALERTMANAGER.read_text())
     config["receivers"][0]["webhook_configs"][0]["url"] = f"{receiver_url}/alertmanager/{name}"
-    config["route"]["group_wait"] = profile["group_wait"]
+    timings = {k: v for k, v in profile.items() if k in ("group_wait", "group_interval")}
+    config["route"].update(timings)
     for route in config["route"].get("routes", []):
-        route["group_wait"] = profile["group_wait"]
+        route.update(timings)
     path = tmp / f"alertmanager-{name}.yml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -183,15 +190,19 @@ def run(n_incidents: int, spacing_s: float, settle_s: float) -> dict[str, Any]:
     app_id = f"reaction-{uuid.uuid4().hex[:6]}"
     asyncio.run(ensure_topics(broker.bootstrap, pipeline_topics(KafkaSettings(), [app_id])))
     worker_port = free_port()
+    pushed, pushed_port = _start_alertmanager("policy", PUSHED, receiver_url, tmp)
+    processes: list[subprocess.Popen[bytes]] = [pushed]
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
            "LLM_MONITOR_DATA_DIR": str(tmp / "data"), "LLM_MONITOR_APP_ID": app_id,
            "LLM_MONITOR_METRICS__PORT": str(worker_port),
            "LLM_MONITOR_POLICY__FILE": str(tmp / "policy.yaml"),
-           "LLM_MONITOR_POLICY__WEBHOOK_SECRET": secret}  # fmt: skip
+           "LLM_MONITOR_POLICY__WEBHOOK_SECRET": secret,
+           "LLM_MONITOR_POLICY__ALERTMANAGER__URLS": json.dumps(
+               [f"http://127.0.0.1:{pushed_port}"])}  # fmt: skip
     (tmp / "data").mkdir()
     worker = start_worker(env, tmp / "worker.log")
-    processes: list[subprocess.Popen[bytes]] = []
     try:
+        _wait_ready(f"http://127.0.0.1:{pushed_port}/-/ready")
         for name, profile in PROFILES.items():
             am, am_port = _start_alertmanager(name, profile, receiver_url, tmp)
             processes += [am, _start_prometheus(name, profile, worker_port, am_port, tmp)]
@@ -211,26 +222,29 @@ def run(n_incidents: int, spacing_s: float, settle_s: float) -> dict[str, Any]:
     policy_arrival: dict[str, float] = {}
     for d in receiver.deliveries:
         policy_arrival.setdefault(d.body["model"], d.received_at)
-    alert_arrival: dict[str, dict[str, float]] = {name: {} for name in PROFILES}
+    alert_arrival: dict[str, dict[str, float]] = {name: {} for name in [*PROFILES, "policy"]}
     for at, path, payload in receiver.alerts:
         name = path.rsplit("/", 1)[-1]
+        expected = INCIDENT_ALERT if name == "policy" else "LLMMonitorErrorRateHigh"
         for alert in payload.get("alerts", []):
             labels = alert.get("labels", {})
-            if alert.get("status") == "firing" and labels.get("alertname") == (
-                "LLMMonitorErrorRateHigh"
-            ):
+            if alert.get("status") == "firing" and labels.get("alertname") == expected:
                 alert_arrival[name].setdefault(labels.get("model", ""), at)
     policy_times: list[float] = []
+    pushed_times: list[float] = []
     baseline_times: dict[str, list[float]] = {name: [] for name in PROFILES}
     for incident in incidents:
         tip = incident.tip(True, policy.min_samples, policy.confidence)
         if tip is not None and incident.model in policy_arrival:
             policy_times.append(policy_arrival[incident.model] - tip)
+        if tip is not None and incident.model in alert_arrival["policy"]:
+            pushed_times.append(alert_arrival["policy"][incident.model] - tip)
         prom_tip = incident.tip(False, 50, policy.confidence)
         for name in PROFILES:
             if prom_tip is not None and incident.model in alert_arrival[name]:
                 baseline_times[name].append(alert_arrival[name][incident.model] - prom_tip)
     p50, p99 = _quantiles(policy_times)
+    a50, a99 = _quantiles(pushed_times)
     b50, b99 = _quantiles(baseline_times["production"])
     f50, f99 = _quantiles(baseline_times["fast"])
     shutil.rmtree(tmp, ignore_errors=True)
@@ -246,6 +260,11 @@ def run(n_incidents: int, spacing_s: float, settle_s: float) -> dict[str, Any]:
         "speedup_p50_vs_fast": (f50 / p50) if f50 and p50 else None,
         "p50_s": p50,
         "p99_s": p99,
+        "alertmanager_caught": len(pushed_times),
+        "alertmanager_intervals": PUSHED,
+        "alertmanager_p50_s": a50,
+        "alertmanager_p99_s": a99,
+        "alertmanager_speedup_p50_vs_fast": (f50 / a50) if f50 and a50 else None,
         "baseline_p50_s": b50,
         "baseline_p99_s": b99,
         "speedup_p50": (b50 / p50) if b50 and p50 else None,

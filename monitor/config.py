@@ -8,6 +8,7 @@ conventional shortcut for ``LLM_MONITOR_KAFKA__BOOTSTRAP_SERVERS``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,6 +116,46 @@ class StorageSettings(BaseModel):
     retry_max_wait_s: float = Field(default=10.0, gt=0)
 
 
+class AlertmanagerSettings(BaseModel):
+    """Where the policy role pushes each incident as an alert (Alertmanager API v2,
+    ``POST /api/v2/alerts``) the moment it decides. No URL: off."""
+
+    urls: list[str] = Field(
+        default_factory=list,
+        description="base URLs, e.g. http://alertmanager:9093: every replica of a cluster",
+    )
+    resend_interval_s: float = Field(
+        default=60.0, gt=0, description="re-send firing incidents; endsAt is 4 intervals ahead"
+    )
+    timeout_s: float = Field(default=2.0, gt=0, description="per POST")
+    retry_deadline_s: float = Field(
+        default=30.0, gt=0, description="retry a failed push this long, then wait for the next"
+    )
+    max_backoff_s: float = Field(default=5.0, gt=0, description="cap of the retry backoff")
+    runbook_url: str = Field(
+        default="docs/operations.md#llmmonitorincident", description="the alert's runbook_url"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=lambda: {"team": "llm-platform"}, description="added to every alert"
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://alertmanager:9093")
+        return [url.rstrip("/") for url in value]
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a label name (letters, digits, _)")
+        return value
+
+
 class PolicySettings(BaseModel):
     """The policy role: where its rules are, and the secrets that protect its surfaces."""
 
@@ -125,6 +166,7 @@ class PolicySettings(BaseModel):
     api_token: SecretStr | None = Field(
         default=None, description="bearer token of the kill-switch API; unset disables it"
     )
+    alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
 
     @field_validator("file")
     @classmethod

@@ -79,6 +79,7 @@ class Metrics:
     webhook_attempts: Counter
     killswitch_api_calls: Counter
     incident_evidence: Counter
+    alertmanager_pushes: Counter
     otlp_spans: Counter
 
     def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
@@ -91,6 +92,7 @@ ACTIONS = ("rollback", "kill", "resume", "promote")
 ATTEMPT_OUTCOMES = ("delivered", "retrying", "gave_up")
 API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
 EVIDENCE_OUTCOMES = ("copied", "failed")
+PUSH_OUTCOMES = ("delivered", "retrying", "gave_up")
 QUARANTINE_REASONS = ("unreadable", "refused")
 OTLP_SPAN_OUTCOMES = ("event", "ignored")  # a GenAI span's event, or a span left out
 # Reasons of llm_monitor_internal_dead_letters_total (records of internal topics).
@@ -120,6 +122,8 @@ def initialise(metrics: Metrics) -> None:
         metrics.killswitch_api_calls.labels(outcome)
     for outcome in EVIDENCE_OUTCOMES:
         metrics.incident_evidence.labels(outcome)
+    for outcome in PUSH_OUTCOMES:
+        metrics.alertmanager_pushes.labels(outcome)
     for reason in QUARANTINE_REASONS:
         metrics.spool_quarantined.labels(reason)
     for outcome in OTLP_SPAN_OUTCOMES:
@@ -330,6 +334,11 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
         incident_evidence=counter(
             "llm_monitor_incident_evidence_copies",
             "Incident evidence copies out of the TTL'd tables, by outcome (copied, failed).",
+            ("outcome",),
+        ),
+        alertmanager_pushes=counter(
+            "llm_monitor_alertmanager_pushes",
+            "Incident alerts POSTed to Alertmanager by outcome (delivered, retrying, gave_up).",
             ("outcome",),
         ),
         otlp_spans=counter(

@@ -2,7 +2,10 @@
 
 One agent reads ``llm.windows`` and ``llm.control`` (both keyed by model, so one worker owns
 every series and the kill switches of a model) and runs ``PolicyEngine``; the kill-switch
-states live in a changelog-backed table and survive restarts. Decisions, kill-switch changes,
+states and the incidents (one per model/deployment episode, with their rules' firing state)
+live in a changelog-backed table and survive restarts. With ``policy.alertmanager.urls`` set,
+each incident is pushed to Alertmanager as it changes (monitor/policy/alertmanager.py) and
+re-sent while it fires. Decisions, kill-switch changes,
 incidents and API audit entries go to ``llm.policy`` for the sink; acting decisions go to
 ``llm.actions``, where the dispatch agent delivers them (offsets commit after delivery or
 the deadline). The HTTP surfaces (kill-switch API, Flagger gate, status) are in
@@ -30,6 +33,7 @@ from detectors.calibration import measured_false_positive_rates
 from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
+from monitor.policy.alertmanager import AlertmanagerPusher
 from monitor.policy.checks import false_positive_warnings
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
@@ -42,6 +46,9 @@ from streams.kafka import deliver, raw_message, send_internal_dead_letter
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL_S = 1.0
+# The kill switches and the incidents share one table (and its changelog topic): kill switches
+# under "<model>/<deployment>", incidents under this prefix and the same.
+INCIDENT_PREFIX = "incident|"
 # Rules the engine judges in milliseconds; their gauges are exported in base units.
 MILLISECOND_RULES = frozenset({"rollback.p99_latency"})
 MS_TO_SECONDS = 0.001
@@ -102,9 +109,13 @@ class PolicyRole:
     control_out: Any
     # API calls waiting for the agent to apply their command, by command id.
     applied: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    alerts: AlertmanagerPusher | None = None
 
     async def publish(self, out: EngineOutput, audit: list[AuditEntry] | None = None) -> None:
-        """Records to the policy topic, actions to the actions topic; waits for the acks."""
+        """Incidents to Alertmanager (queued at once, never waited for), records to the policy
+        topic, actions to the actions topic; waits for the acks."""
+        if self.alerts is not None and out.incidents:
+            self.alerts.update(out.incidents)
         sends = []
         records = PolicyRecords(
             decisions=out.decisions, killswitch=out.killswitch, incidents=out.incidents,
@@ -148,11 +159,17 @@ def add_policy_role(
         "killswitch", default=None, key_type=str, value_type=str, partitions=k.partitions
     )
     with_table_codec(table, metrics.changelog_skipped.labels("killswitch").inc)
+    engine = PolicyEngine(policy, _Table(table), incidents=_Table(table, INCIDENT_PREFIX))
     role = PolicyRole(
-        policy, PolicyEngine(policy, _Table(table)), metrics,
+        policy, engine, metrics,
         records_out=topics[k.policy_topic], actions_out=topics[k.actions_topic],
         control_out=topics[k.control_topic],
     )  # fmt: skip
+    am = settings.policy.alertmanager
+    if am.urls:
+        role.alerts = AlertmanagerPusher(
+            am, on_outcome=lambda outcome: metrics.alertmanager_pushes.labels(outcome).inc()
+        )
     secret = _secret(settings.policy.webhook_secret)
     dispatcher = Dispatcher(policy.webhooks, secret) if secret else None
     inbound = app.topic(
@@ -210,6 +227,13 @@ def add_policy_role(
     async def export_state() -> None:
         export_policy_state(role.engine, policy, metrics)
 
+    if role.alerts is not None:
+        pusher = role.alerts
+
+        @app.timer(interval=am.resend_interval_s)  # type: ignore[untyped-decorator]
+        async def resend_alerts() -> None:  # firing alerts must not reach their endsAt
+            pusher.update(role.engine.open_incidents())
+
     return role
 
 
@@ -247,25 +271,34 @@ def export_policy_state(engine: PolicyEngine, policy: Policy, metrics: Metrics) 
 
 
 class _Table(MutableMapping[str, str]):
-    """A faust table as a mapping of JSON text, the shape the engine keeps its switches in."""
+    """A faust table as a mapping of JSON text, the shape the engine keeps its switches and
+    incidents in. ``prefix`` picks a key space: "" the kill switches (every key without
+    ``INCIDENT_PREFIX``), ``INCIDENT_PREFIX`` the incidents."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, prefix: str = "") -> None:
         self._table = table
+        self._prefix = prefix
+
+    def _mine(self, key: str) -> bool:
+        if self._prefix:
+            return key.startswith(self._prefix)
+        return not key.startswith(INCIDENT_PREFIX)
 
     def __getitem__(self, key: str) -> str:
-        value = self._table[key]
+        value = self._table[self._prefix + key]
         if value is None:
             raise KeyError(key)
         return str(value)
 
     def __setitem__(self, key: str, value: str) -> None:
-        self._table[key] = value
+        self._table[self._prefix + key] = value
 
     def __delitem__(self, key: str) -> None:
-        del self._table[key]
+        del self._table[self._prefix + key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter([k for k, v in list(self._table.items()) if k is not None and v is not None])
+        keys = [k for k, v in list(self._table.items()) if k is not None and v is not None]
+        return iter([k[len(self._prefix) :] for k in keys if self._mine(str(k))])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

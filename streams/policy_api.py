@@ -8,7 +8,8 @@ send is refused like any other bad call (401 or 400), never a 500.
 - ``/killswitch`` (GET state, POST ``/engage`` or ``/release``): bearer API token. A change is
   sent to the control topic, keyed by model, so the worker owning the model applies it; the
   call waits for that (202 when another worker owns it).
-- ``/policy/status``: dry-run flag, active rollbacks, kill switches; bearer API token.
+- ``/policy/status``: dry-run flag, active rollbacks, kill switches, open incidents; bearer
+  API token.
 - ``/flagger/gate``: Flagger's webhook contract, non-2xx while a rollback rule fires or the
   kill switch is engaged. Flagger cannot send headers, so besides the bearer API token it
   takes the gate token (``llm-monitor policy gate-token``, derived from the API token and good
@@ -251,5 +252,10 @@ def add_status_view(app: faust.App, api: PolicyApi) -> None:
                 "killswitch": [
                     {"model": s.model, "deployment": s.deployment, "engaged": s.engaged}
                     for s in role.engine.states()
+                ],
+                "incidents": [
+                    {"incident_id": i.incident_id, "model": i.model, "deployment": i.deployment,
+                     "action": i.action, "rules": i.rules, "opened_at_ms": i.opened_at_ms}
+                    for i in role.engine.open_incidents()
                 ],
             })  # fmt: skip

@@ -124,6 +124,12 @@ class Policy(_Strict):
         default=0.8, gt=0, le=1, description="clear when the upper bound < threshold × this"
     )
     cooldown_s: float = Field(default=300.0, ge=0)
+    incident_resolve_after_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="an incident resolves once all its rules have been resolved this long "
+        "(window time); a rule firing meanwhile joins it",
+    )
     dry_run: bool = False
     webhooks: Webhooks = Field(default_factory=Webhooks)
 

@@ -19,11 +19,18 @@ A decision is recorded when a rule's verdict changes. Its idempotency key names 
 the series, the rule and the first window of the episode, so a replay of the same windows
 produces the same key and receivers can drop duplicates. The kill switch is per
 (model, deployment), held in a caller-supplied mapping (a faust table in the worker).
+
+Acting verdicts are grouped into incidents, one open per (model, deployment) episode
+(monitor/policy/grouping.py): the first rule that acts opens it and sends the rollback (or
+kill); a later rule attaches to it as evidence (recorded ``attached``, no webhook); a kill
+escalates it (one kill webhook); it resolves when every attached rule has resolved and the
+deployment's windows have stayed quiet for ``incident_resolve_after_s``, with no kill switch
+holding the deployment. Incidents live in a second caller-supplied mapping, with the
+firing state of their rules, so a restart neither forgets the episode nor re-sends its actions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -32,7 +39,21 @@ import msgspec
 
 from detectors.bias import group_disparities
 from monitor.policy.config import CountRule, Policy, RateRule
-from monitor.policy.records import ActionRequest, Decision, Incident, KillSwitchState
+from monitor.policy.grouping import (
+    RESOLVED,
+    AttachedRule,
+    IncidentBook,
+    IncidentState,
+    incident_id_for,
+    latest_revisions,
+)
+from monitor.policy.records import (
+    ActionRequest,
+    Decision,
+    Incident,
+    KillSwitchState,
+    TimelineEntry,
+)
 from monitor.policy.stats import Bound, quantile_bounds, rate_difference, wilson
 from monitor.windows.stats import WindowStats, add_group_counts, decode_sketch
 
@@ -130,10 +151,6 @@ class EngineOutput:
         self.incidents += other.incidents
 
 
-def incident_id_for(key: str) -> str:
-    return "inc-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 def action_request(
     action: str, series: Series, key: str, at: int, rule: str, reason: str, *,
     incident_id: str = "", decision: Decision | None = None, stage: str = "",
@@ -165,10 +182,12 @@ class PolicyEngine:
         policy: Policy,
         killswitch: MutableMapping[str, str] | None = None,
         *,
+        incidents: MutableMapping[str, str] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.policy = policy
         self.killswitch_store: MutableMapping[str, str] = {} if killswitch is None else killswitch
+        self.incidents = IncidentBook(incidents)
         self._clock = clock
         self._windows: dict[Series, dict[int, WindowStats]] = {}
         self._rules: dict[tuple[Series, str], RuleState] = {}
@@ -177,6 +196,7 @@ class PolicyEngine:
         self._latest: dict[tuple[Series, str], Evaluation] = {}
         self._last_merged: dict[Series, Merged] = {}
         self._stage_windows: dict[Series, dict[int, tuple[int, int]]] = {}
+        self._deployment_end: dict[tuple[str, str], int] = {}  # newest window end seen
 
     # -- kill switch ---------------------------------------------------------------------------
 
@@ -206,7 +226,9 @@ class PolicyEngine:
     ) -> EngineOutput:
         """Engage or release; returns the state change and the kill/resume action, or nothing
         when the switch is already in that position (engaging twice does not fire twice).
-        ``decision`` is the policy decision that engages it, sent along with the kill."""
+        ``decision`` is the policy decision that engages it, sent along with the kill.
+        Engaging escalates the deployment's open incident (or opens one); releasing lets that
+        incident resolve once its rules have."""
         current = self.kill_state(model, deployment)
         if current is not None and current.engaged == engage:
             return EngineOutput()
@@ -215,7 +237,13 @@ class PolicyEngine:
         at = self._clock()
         action = "kill" if engage else "resume"
         key = idempotency_key or f"{action}:{model}:{deployment}:{actor}:{at}"
-        incident = (current.incident_id if current else "") if not engage else incident_id_for(key)
+        series = (model, model_version, deployment)
+        out = EngineOutput()
+        incident = self._kill_incident(series, rule, key, at, reason, out) if engage else None
+        if incident is not None:
+            incident_id = incident.incident_id
+        else:
+            incident_id = current.incident_id if current else ""
         state = KillSwitchState(
             model=model,
             deployment=deployment,
@@ -223,40 +251,117 @@ class PolicyEngine:
             reason=reason,
             actor=actor,
             changed_at_ms=at,
-            incident_id=incident,
+            incident_id=incident_id,
             idempotency_key=key,
         )
         self.killswitch_store[state.key] = msgspec.json.encode(state).decode()
-        series = (model, model_version, deployment)
-        out = EngineOutput(killswitch=[state])
+        out.killswitch.append(state)
         out.actions.append(
             action_request(
-                action, series, key, at, rule, reason, incident_id=incident, decision=decision
+                action, series, key, at, rule, reason, incident_id=incident_id, decision=decision
             )
         )
-        if engage:
-            out.incidents.append(self._incident(incident, action, rule, series, at, reason, key))
+        if incident is None:
+            incident = self._released(model, deployment, incident_id, key, at, reason, actor)
+        elif decision is not None:
+            incident.attach(_attached(decision))
+        if incident is not None:
+            out.incidents.append(self.incidents.save(incident))
+        out.incidents = latest_revisions(out.incidents)
         return out
 
-    def _incident(
-        self, incident_id: str, action: str, rule: str, series: Series, at: int, summary: str,
-        key: str = "",
-    ) -> Incident:  # fmt: skip
+    # -- incidents -----------------------------------------------------------------------------
+
+    def open_incidents(self) -> list[Incident]:
+        """The open incidents' rows (Alertmanager re-sends them while they fire)."""
+        return [state.record() for state in self.incidents.all() if state.is_open]
+
+    def _open(
+        self, series: Series, rule: str, action: str, key: str, at: int, reason: str,
+        out: EngineOutput,
+    ) -> IncidentState:  # fmt: skip
+        """A new incident for the series' deployment, opened by ``rule``. An open one that
+        does not cover the series' version (a new canary) is closed as superseded."""
+        model, version, deployment = series
+        old = self.incidents.open(model, deployment)
+        if old is not None:
+            old.status, old.resolved_at_ms = RESOLVED, at
+            old.note(_entry(at, "superseded", rule, version, action, key,
+                            f"{version} fired {rule}: a new episode"))  # fmt: skip
+            out.incidents.append(self.incidents.save(old))
         merged = self._last_merged.get(series)
-        start = merged.window_start_ms if merged else at - 60_000
-        return Incident(
-            incident_id=incident_id,
-            opened_at_ms=at,
-            action=action,
-            rule=rule,
-            model=series[0],
-            model_version=series[1],
-            deployment=series[2],
-            evidence_from_ms=start,
-            evidence_to_ms=at,
-            summary=summary,
-            idempotency_key=key,
-        )
+        incident = IncidentState(
+            incident_id=incident_id_for(key), model=model, deployment=deployment,
+            model_version=version, action=action, rule=rule, summary=reason,
+            idempotency_key=key, opened_at_ms=at, updated_at_ms=at,
+            evidence_from_ms=merged.window_start_ms if merged else at - 60_000,
+        )  # fmt: skip
+        incident.note(_entry(at, "opened", rule, version, action, key, reason))
+        return incident
+
+    def _kill_incident(
+        self, series: Series, rule: str, key: str, at: int, reason: str, out: EngineOutput
+    ) -> IncidentState:
+        """The incident a kill belongs to: the deployment's open one, escalated (a manual kill
+        names no version: it covers them all), or a new one."""
+        model, version, deployment = series
+        incident = self.incidents.open(model, deployment)
+        if incident is None or not incident.covers(version):
+            return self._open(series, rule, "kill", key, at, reason, out)
+        kind = "escalated" if incident.action != "kill" else "engaged"
+        incident.action, incident.quiet_since_ms = "kill", 0
+        incident.note(_entry(at, kind, rule, version, "kill", key, reason))
+        return incident
+
+    def _released(
+        self, model: str, deployment: str, incident_id: str, key: str, at: int, reason: str,
+        actor: str,
+    ) -> IncidentState | None:  # fmt: skip
+        """The switch's incident after a release: resolved at once unless a rule still
+        fires (a person ended the episode)."""
+        incident = self.incidents.open(model, deployment)
+        if incident is None or incident.incident_id != incident_id:
+            return None
+        incident.note(_entry(at, "released", "manual", "", "resume", key, f"{actor}: {reason}"))
+        if not incident.firing():
+            self._resolve(incident, at, key, "kill switch released, no rule firing")
+        return incident
+
+    def _rules_resolved(
+        self, incident: IncidentState, at: int, key: str, window_end_ms: int
+    ) -> None:
+        """After a rule of ``incident`` resolved: when none fires and no kill switch holds the
+        deployment, its quiet period starts (or, with none configured, it resolves)."""
+        if incident.firing() or self.engaged(incident.model, incident.deployment):
+            return
+        if self.policy.incident_resolve_after_s <= 0:
+            self._resolve(incident, at, key, "every rule resolved")
+        elif not incident.quiet_since_ms:
+            incident.quiet_since_ms = window_end_ms
+
+    def _settle(self, model: str, deployment: str, window_end_ms: int) -> EngineOutput:
+        """Resolve the deployment's open incident once its windows have been quiet (no rule
+        firing) for ``incident_resolve_after_s``."""
+        end = max(self._deployment_end.get((model, deployment), 0), window_end_ms)
+        self._deployment_end[(model, deployment)] = end
+        incident = self.incidents.open(model, deployment)
+        quiet_ms = self.policy.incident_resolve_after_s * 1000
+        if (
+            incident is None
+            or not incident.quiet_since_ms
+            or end < incident.quiet_since_ms + quiet_ms
+            or incident.firing()
+            or self.engaged(model, deployment)
+        ):
+            return EngineOutput()
+        self._resolve(incident, self._clock(), incident.idempotency_key,
+                      f"every rule resolved and quiet for {quiet_ms / 1000:g} s")  # fmt: skip
+        return EngineOutput(incidents=[self.incidents.save(incident)])
+
+    def _resolve(self, incident: IncidentState, at: int, key: str, why: str) -> None:
+        incident.status, incident.resolved_at_ms = RESOLVED, at
+        detail = f"{why}: {', '.join(incident.rule_names())}"
+        incident.note(_entry(at, "resolved", "", "", "none", key, detail))
 
     # -- windows -------------------------------------------------------------------------------
 
@@ -280,6 +385,8 @@ class PolicyEngine:
             out.extend(self._transition(series, merged, evaluation))
         if stats.deployment in self.policy.canary_deployments and self.policy.stages:
             out.extend(self._advance(series, stats))
+        out.extend(self._settle(stats.model, stats.deployment, stats.window_end_ms))
+        out.incidents = latest_revisions(out.incidents)
         return out
 
     def stage(self, series: Series) -> int:
@@ -438,20 +545,59 @@ class PolicyEngine:
         return [(series, e) for (series, _), e in self._latest.items()]
 
     def _transition(self, series: Series, m: Merged, e: Evaluation) -> EngineOutput:
-        """Record a decision when the rule's verdict changes; act on one that fires."""
+        """Record a decision when the rule's verdict changes; act on one that fires, or
+        attach it to the deployment's open incident; let a resolution resolve the incident."""
         self._latest[(series, e.rule)] = e
-        state = self._rules.setdefault((series, e.rule), RuleState())
+        state = self._rule_state(series, e.rule)
         outcome = self._next_outcome(state, m, e)
         if outcome is None or outcome == state.last_outcome:
             return EngineOutput()
         state.last_outcome = outcome
         model, version, deployment = series
         key = f"{e.action}:{model}:{version}:{deployment}:{e.rule}:{state.episode_ms}"
-        decision = self._decision(series, e, m, key, self._recorded(series, e.action, outcome))
+        recorded, incident, step = self._route(series, e, outcome)
+        if incident is not None:
+            incident_id = incident.incident_id
+        else:  # the incident the decision opens, if it acts
+            incident_id = incident_id_for(key) if step == "act" else ""
+        decision = self._decision(series, e, m, key, recorded, incident_id)
         out = EngineOutput(decisions=[decision])
-        if decision.outcome == "fire":
+        if step == "act":
             out.extend(self._act(series, e, decision))
+        elif incident is not None:
+            at = decision.decided_at_ms
+            if step == "attach":
+                incident.attach(_attached(decision))
+                why = "" if recorded == "attached" else f"{recorded}: "
+                incident.note(_entry(at, "attached", e.rule, version, e.action, key,
+                                     why + _reason(e)))  # fmt: skip
+            else:  # a rule of the incident resolved
+                rule = incident.find(version, e.rule)
+                if rule is not None:
+                    rule.firing, rule.resolved_end_ms = False, m.window_end_ms
+                incident.note(_entry(at, "rule_resolved", e.rule, version, e.action, key,
+                                     _recovery(e, self.policy.recovery_ratio)))  # fmt: skip
+                self._rules_resolved(incident, at, key, m.window_end_ms)
+            out.incidents.append(self.incidents.save(incident))
         return out
+
+    def _rule_state(self, series: Series, rule: str) -> RuleState:
+        """The rule's state; on first sight, what the deployment's incident remembers of it
+        (a restarted worker keeps a firing rule firing, and a resolved one resolved)."""
+        state = self._rules.get((series, rule))
+        if state is None:
+            state = RuleState()
+            model, version, deployment = series
+            incident = self.incidents.latest(model, deployment)
+            known = incident.find(version, rule) if incident is not None else None
+            if known is not None:
+                state = RuleState(
+                    firing=known.firing, episode_ms=known.episode_ms,
+                    episode_end_ms=known.episode_end_ms, resolved_end_ms=known.resolved_end_ms,
+                    last_outcome="fire" if known.firing else "resolved",
+                )  # fmt: skip
+            self._rules[(series, rule)] = state
+        return state
 
     def _next_outcome(self, state: RuleState, m: Merged, e: Evaluation) -> str | None:
         """The rule's verdict on ``m``, updating its firing state; None when there is no news
@@ -478,23 +624,44 @@ class PolicyEngine:
         state.episode_end_ms = m.window_end_ms
         return "fire"
 
-    def _recorded(self, series: Series, action: str, outcome: str) -> str:
-        """The outcome to record: a fire that must not act is recorded as why (dry run, a
-        rollback under an engaged kill switch, a running cooldown)."""
+    def _route(
+        self, series: Series, e: Evaluation, outcome: str
+    ) -> tuple[str, IncidentState | None, str]:
+        """What a verdict does: the outcome to record, the open incident it belongs to, and
+        the step, one of ``act`` (send the action: open an incident, or escalate the open one
+        with a kill), ``attach`` (evidence for the open incident), ``resolve`` (a rule of the
+        incident resolved) or "" (nothing). A fire that must not act is recorded as why: dry
+        run, attached to the open incident, a rollback under an engaged kill switch
+        (suppressed), a running cooldown."""
+        model, version, deployment = series
+        incident = self.incidents.open(model, deployment)
+        if outcome == "resolved":
+            known = incident.find(version, e.rule) if incident is not None else None
+            if known is not None and known.firing:
+                return outcome, incident, "resolve"
+            return outcome, None, ""
         if outcome != "fire":
-            return outcome
-        model, _, deployment = series
+            return outcome, None, ""
         if self.policy.dry_run:
-            return "dry_run"
-        if action == "rollback" and self.engaged(model, deployment):
-            return "suppressed"
-        if self._cooling(series, action):
-            return "cooldown"
-        return outcome
+            return "dry_run", None, ""
+        engaged = self.engaged(model, deployment)
+        if incident is not None and incident.covers(version):
+            if e.action == "kill" and not engaged:
+                if self._cooling(series, "kill"):
+                    return "cooldown", incident, "attach"
+                return "fire", incident, "act"  # escalates it
+            held = "suppressed" if engaged and e.action == "rollback" else "attached"
+            return held, incident, "attach"
+        if engaged:  # engaged with no incident of its own (stored before incidents grouped)
+            return "suppressed", None, ""
+        if self._cooling(series, e.action):
+            return "cooldown", None, ""
+        return "fire", None, "act"  # opens an incident (superseding one of another version)
 
     def _decision(
-        self, series: Series, e: Evaluation, span: Merged, key: str, outcome: str
-    ) -> Decision:
+        self, series: Series, e: Evaluation, span: Merged, key: str, outcome: str,
+        incident_id: str = "",
+    ) -> Decision:  # fmt: skip
         """The decision on ``e`` over the windows of ``span``, decided now."""
         model, version, deployment = series
         return Decision(
@@ -517,31 +684,33 @@ class PolicyEngine:
             confidence=self.policy.confidence,
             dry_run=self.policy.dry_run,
             detail=e.detail,
+            incident_id=incident_id,
         )
 
     def _act(self, series: Series, e: Evaluation, decision: Decision) -> EngineOutput:
-        """A firing decision's action: a kill engages the kill switch; a rollback is sent with
-        its incident. Starts the cooldown of the action on this series."""
+        """A firing decision's action: a kill engages the kill switch (escalating the open
+        incident, or opening one); a rollback opens an incident and is sent with it. Starts
+        the cooldown of the action on this series."""
         self._last_action_ms[(*series, e.action)] = decision.decided_at_ms
         key, at = decision.idempotency_key, decision.decided_at_ms
-        reason = (
-            f"{e.rule}: observed {e.bound.value:.4g}, bound {e.bound.low:.4g} > "
-            f"threshold {e.threshold:.4g} (n={e.n})"
-        )
+        reason = _reason(e)
         if e.action == "kill":
             model, version, deployment = series
             return self.set_kill(
                 model, deployment, engage=True, reason=reason, actor="policy",
                 model_version=version, rule=e.rule, idempotency_key=key, decision=decision,
             )  # fmt: skip
-        incident = incident_id_for(key)
-        request = action_request(
-            "rollback", series, key, at, e.rule, reason, incident_id=incident, decision=decision
-        )
-        return EngineOutput(
-            actions=[request],
-            incidents=[self._incident(incident, "rollback", e.rule, series, at, reason, key)],
-        )
+        out = EngineOutput()
+        incident = self._open(series, e.rule, "rollback", key, at, reason, out)
+        incident.attach(_attached(decision))
+        out.actions.append(
+            action_request(
+                "rollback", series, key, at, e.rule, reason, incident_id=incident.incident_id,
+                decision=decision,
+            )
+        )  # fmt: skip
+        out.incidents.append(self.incidents.save(incident))
+        return out
 
     def _cooling(self, series: Series, action: str) -> bool:
         last = self._last_action_ms.get((*series, action))
@@ -554,3 +723,37 @@ class PolicyEngine:
             if rule.startswith("rollback."):
                 active[series] = active.get(series, False) or state.firing
         return active
+
+
+def _reason(e: Evaluation) -> str:
+    return (
+        f"{e.rule}: observed {e.bound.value:.4g}, bound {e.bound.low:.4g} > "
+        f"threshold {e.threshold:.4g} (n={e.n})"
+    )
+
+
+def _recovery(e: Evaluation, recovery_ratio: float) -> str:
+    if e.count_rule:
+        return f"{e.rule}: no more matches (n={e.n})"
+    return (
+        f"{e.rule}: observed {e.bound.value:.4g}, upper bound {e.bound.high:.4g} < "
+        f"{e.threshold * recovery_ratio:.4g} (n={e.n})"
+    )
+
+
+def _attached(decision: Decision) -> AttachedRule:
+    """The incident's memory of a rule that fired in it: its episode, as the decision saw it."""
+    return AttachedRule(
+        model_version=decision.model_version, rule=decision.rule, action=decision.action,
+        idempotency_key=decision.idempotency_key, episode_ms=decision.window_start_ms,
+        episode_end_ms=decision.window_end_ms,
+    )  # fmt: skip
+
+
+def _entry(
+    at: int, kind: str, rule: str, version: str, action: str, key: str, detail: str
+) -> TimelineEntry:
+    return TimelineEntry(
+        at_ms=at, kind=kind, rule=rule, model_version=version, action=action,
+        idempotency_key=key, detail=detail,
+    )  # fmt: skip

@@ -1,9 +1,10 @@
 """``llm-monitor incident report ID``: a markdown postmortem draft from the stored evidence.
 
-Everything comes from ClickHouse: the incident, the decisions of its series around it, every
-webhook attempt, the kill-switch history, and the evidence copied at the time (events,
-flagged findings, windows; copied again here if the worker stopped before it could). No raw
-PII: text columns were redacted before they were stored.
+Everything comes from ClickHouse: the incident (its latest revision: status, every rule that
+fired in it, its timeline), the decisions of its deployment around it, every webhook attempt,
+the kill-switch history, and the evidence copied at the time (events, flagged findings,
+windows; copied again here if the worker stopped before it could). No raw PII: text columns
+were redacted before they were stored.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from monitor.storage.writer import ClickHouseWriter
 
 Row = tuple[Any, ...]
 
+# The highest revision: each change of an incident is a new row version (migration 0006).
 INCIDENT_SQL = (
     "SELECT incident_id, opened_at, action, rule, model, model_version, deployment, "
-    "evidence_from, evidence_to, summary FROM {db:Identifier}.incidents FINAL "
-    "WHERE incident_id = {id:String}"
+    "evidence_from, evidence_to, summary, status, rules, resolved_at, timeline "
+    "FROM {db:Identifier}.incidents WHERE incident_id = {id:String} "
+    "ORDER BY revision DESC LIMIT 1"
 )
 LATEST_SQL = (
-    "SELECT incident_id FROM {db:Identifier}.incidents FINAL ORDER BY opened_at DESC LIMIT 5"
+    "SELECT incident_id FROM {db:Identifier}.incidents GROUP BY incident_id "
+    "ORDER BY min(opened_at) DESC LIMIT 5"
 )
 EVIDENCE_KINDS_SQL = (
     "SELECT kind, count() FROM {db:Identifier}.incident_evidence FINAL "
@@ -58,9 +62,10 @@ QUERIES = {
     ),
     "decisions": (
         "SELECT decided_at, rule, outcome, model_version, observed, bound_low, threshold, n "
-        "FROM {db:Identifier}.decisions FINAL WHERE model = {model:String} "
-        "AND deployment = {deployment:String} AND outcome NOT IN ('healthy', 'inconclusive') "
-        "AND decided_at >= {start:DateTime64(3)} ORDER BY decided_at LIMIT 50"
+        "FROM {db:Identifier}.decisions FINAL WHERE incident_id = {id:String} OR ("
+        "model = {model:String} AND deployment = {deployment:String} "
+        "AND outcome NOT IN ('healthy', 'inconclusive') "
+        "AND decided_at >= {start:DateTime64(3)}) ORDER BY decided_at LIMIT 100"
     ),
     "attempts": (
         "SELECT a.at, a.action, a.url, a.attempt, a.status_code, a.outcome, a.error "
@@ -100,11 +105,12 @@ def incident_report(client: Client, database: str, incident_id: str) -> str:
     params: dict[str, Any] = {"db": database, "id": incident_id}
     found = _load(client, params)
     _ensure_evidence(client, database, params, found)
-    _, _, _, _, model, _, deployment, start, end, _ = found
+    _, _, _, _, model, _, deployment, start, end, *_ = found
     params.update(model=model, deployment=deployment, start=start, end=end)
     tables = {name: _rows(client, sql, params) for name, sql in QUERIES.items()}
     return "\n".join([
-        *_summary(found), *_history(tables), *_evidence(tables), *_follow_ups(model, deployment),
+        *_summary(found), *_timeline(found[-1]), *_history(tables), *_evidence(tables),
+        *_follow_ups(model, deployment),
     ])  # fmt: skip
 
 
@@ -121,7 +127,7 @@ def _load(client: Client, params: dict[str, Any]) -> Row:
 
 def _ensure_evidence(client: Client, database: str, params: dict[str, Any], found: Row) -> None:
     """Copy the evidence now when the worker stopped before it could."""
-    iid, opened, action, rule, model, version, deployment, start, end, summary = found
+    iid, opened, action, rule, model, version, deployment, start, end, summary, *_ = found
     incident = Incident(
         incident_id=iid, opened_at_ms=_ms(opened), action=action, rule=rule, model=model,
         model_version=version, deployment=deployment, evidence_from_ms=_ms(start),
@@ -133,7 +139,9 @@ def _ensure_evidence(client: Client, database: str, params: dict[str, Any], foun
 
 
 def _summary(found: Row) -> list[str]:
-    iid, opened, action, rule, model, version, deployment, start, end, summary = found
+    iid, opened, action, rule, model, version, deployment, start, end, summary, *rest = found
+    status, rules, resolved, _ = rest
+    state = f"resolved at {resolved} UTC" if status == "resolved" else status or "open"
     return [
         f"# Incident {iid}: {action} of {model} {version} ({deployment})",
         "",
@@ -144,6 +152,8 @@ def _summary(found: Row) -> list[str]:
         "",
         f"- Opened: {opened} UTC by rule `{rule}`",
         f"- Action: **{action}** of `{model}` version `{version}` on `{deployment}`",
+        f"- Status: {state}",
+        f"- Rules that fired: {', '.join(f'`{r}`' for r in rules) or f'`{rule}`'}",
         f"- Why: {summary}",
         f"- Evidence window: {start} – {end} UTC",
         "",
@@ -152,10 +162,28 @@ def _summary(found: Row) -> list[str]:
     ]
 
 
+def _timeline(entries: list[Any]) -> list[str]:
+    """The incident's own timeline: opened, rules attached, escalation, resolutions."""
+    rows: list[Row] = []
+    for entry in entries:
+        at_ms, kind, rule, version, action, key, detail = (
+            tuple(entry.values()) if isinstance(entry, dict) else tuple(entry)
+        )
+        at = datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        rows.append((at, kind, rule, version, action, detail, key))
+    return [
+        "## Incident timeline",
+        "",
+        _md_table(
+            ["at (UTC)", "what", "rule", "version", "action", "evidence", "idempotency key"], rows
+        ),
+    ]
+
+
 def _history(tables: dict[str, list[Row]]) -> list[str]:
     """What the policy did: its decisions, every webhook attempt, the kill switch."""
     return [
-        "## Timeline (policy decisions for this deployment)",
+        "## Policy decisions for this deployment",
         "",
         _md_table(
             ["decided at", "rule", "outcome", "version", "observed", "bound", "threshold", "n"],

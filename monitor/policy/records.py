@@ -16,7 +16,8 @@ class Decision(msgspec.Struct, kw_only=True):
     decided_at_ms: EpochMs
     rule: str
     action: str  # rollback | kill | none
-    outcome: str  # fire | resolved | inconclusive | healthy | cooldown | suppressed | dry_run
+    # fire | attached | resolved | inconclusive | healthy | cooldown | suppressed | dry_run
+    outcome: str
     model: str
     model_version: str
     deployment: str
@@ -31,6 +32,7 @@ class Decision(msgspec.Struct, kw_only=True):
     confidence: float
     dry_run: bool
     detail: str = ""
+    incident_id: str = ""  # the incident it opened, escalated, attached to or resolved in
 
     @property
     def acts(self) -> bool:
@@ -96,8 +98,26 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     detail: str = ""
 
 
+class TimelineEntry(msgspec.Struct, kw_only=True):
+    """One step of an incident. ``kind``: opened, attached (a later rule, as evidence),
+    escalated (rollback to kill), rule_resolved, released (kill switch), resolved, superseded
+    (a new version on the deployment fired: a new episode). ``at_ms`` is epoch milliseconds
+    (an Int64 in the ``timeline`` column's tuples)."""
+
+    at_ms: int
+    kind: str
+    rule: str
+    model_version: str
+    action: str
+    idempotency_key: str
+    detail: str
+
+
 class Incident(msgspec.Struct, kw_only=True):
-    """Opened by a decision that acts; its evidence is copied out of the TTL'd tables."""
+    """One per (model, deployment) episode: opened by the first decision that acts, later
+    rules attach to it, a kill escalates it, it resolves when every attached rule has resolved
+    and no kill switch holds it. Each change is a new ``revision`` of the same row (the
+    highest wins); its evidence is copied out of the TTL'd tables."""
 
     incident_id: str
     opened_at_ms: EpochMs
@@ -110,6 +130,12 @@ class Incident(msgspec.Struct, kw_only=True):
     evidence_to_ms: EpochMs
     summary: str
     idempotency_key: str = ""
+    status: str = "open"  # open | resolved
+    rules: list[str] = msgspec.field(default_factory=list)  # every rule that fired in it
+    revision: int = 0
+    updated_at_ms: EpochMs = 0
+    resolved_at_ms: EpochMs = 0
+    timeline: list[TimelineEntry] = msgspec.field(default_factory=list)
 
 
 class PolicyRecords(msgspec.Struct, kw_only=True):

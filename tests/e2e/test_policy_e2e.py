@@ -1,5 +1,6 @@
 """The policy role in a real worker: seeded incidents roll back and kill through signed
-webhooks; the kill-switch API refuses bad tokens, audits every call and survives a restart."""
+webhooks, grouped into one incident per deployment and pushed to a real Alertmanager; the
+kill-switch API refuses bad tokens, audits every call and survives a restart."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier, gate_token
 from tests.conftest import WorkerHarness, wait_until
 from tests.e2e.test_pipeline_e2e import query, scalar, split, stored
+from tests.integration.test_alerting import notified, start_alertmanager
 
 pytestmark = pytest.mark.e2e
 SECRET = "e2e-webhook-secret-0123456789abcdef"  # noqa: S105 - test fixture
@@ -56,14 +58,30 @@ def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
 ) -> None:
     r, url = receiver
     configure(workers, url, tmp_path)
+    am_url, alertmanager = start_alertmanager(tmp_path, f"{url}/alertmanager")
+    workers.env_overrides["LLM_MONITOR_POLICY__ALERTMANAGER__URLS"] = json.dumps([am_url])
     records = list(generate_events(6000, seed=4))
     valid, _ = split(records)
-    workers.start()
-    asyncio.run(produce(workers.bootstrap, "llm.events", records))
-    wait_until(
-        lambda: {"rollback", "kill"} <= {d.event for d in r.deliveries},
-        "a rollback and a kill webhook delivered",
-    )
+    # Traffic before the PII leak burst first: sent all at once, a partial window of the leak
+    # could reach the policy before the windows that roll back, and the kill it engages would
+    # suppress the rollbacks (the policy's order, not a grouping one).
+    before_leaks = int(len(records) * 0.8)
+    try:
+        workers.start()
+        asyncio.run(produce(workers.bootstrap, "llm.events", records[:before_leaks]))
+        wait_until(lambda: "rollback" in {d.event for d in r.deliveries}, "a rollback delivered")
+        asyncio.run(produce(workers.bootstrap, "llm.events", records[before_leaks:]))
+        wait_until(
+            lambda: {"rollback", "kill"} <= {d.event for d in r.deliveries},
+            "a rollback and a kill webhook delivered",
+        )
+        check_seeded_incidents(workers, r, valid)
+    finally:
+        alertmanager.terminate()
+        alertmanager.wait(timeout=30)
+
+
+def check_seeded_incidents(workers: WorkerHarness, r: Receiver, valid: int) -> None:
     workers.wait_for(lambda: stored(workers) >= valid, what=f"{valid} events stored")
     workers.wait_windows_stored()  # the windows every policy decision is taken on
     # Decisions taken, their actions dispatched, and every record of them stored: the group
@@ -79,8 +97,8 @@ def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
 
     incident = next(d.body["incident_id"] for d in r.deliveries if d.event == "kill")
 
-    # Every rollback and kill opens an incident; the sink copies its evidence
-    # EVIDENCE_DELAY_S after storing it, and counts the copy.
+    # Every rollback and kill opens or escalates an incident; the sink copies its evidence
+    # EVIDENCE_DELAY_S after storing each revision of it, and counts the copy.
     def evidence_copied() -> bool:
         opened = sum(
             workers.metric("llm_monitor_actions_total", action=a) for a in ("rollback", "kill")
@@ -90,19 +108,43 @@ def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
 
     workers.wait_for(evidence_copied, timeout_s=60, what="every incident's evidence copied")
     assert workers.metric("llm_monitor_incident_evidence_copies_total", outcome="failed") == 0
+    workers.wait_for(
+        lambda: len({a["fingerprint"] for _, a in notified(r, "firing")}) >= 1,
+        what="the incidents' alerts from Alertmanager",
+    )
     workers.stop_all()
     assert r.refused == []  # every delivery carried a valid signature
-    rollbacks = {(d.body["rule"], d.body["deployment"]) for d in r.deliveries
-                 if d.event == "rollback"}  # fmt: skip
-    assert ("rollback.error_rate", "canary") in rollbacks  # the error storm
+    # One incident per (model, deployment): one rollback and at most one kill webhook each.
+    sent = [(d.event, d.body["model"], d.body["deployment"]) for d in r.deliveries]
+    assert all(sent.count(s) == 1 for s in sent if s[0] in ("rollback", "kill")), sent
     kills = [d.body for d in r.deliveries if d.event == "kill"]
     assert {k["rule"] for k in kills} == {"kill.data_breach"}  # the PII leak burst
     assert all(k["deployment"] == "canary" for k in kills)
-    fired = query(workers, "SELECT rule, deployment, n, bound_low, bound_high, threshold FROM "
-                  "llm_monitor.decisions FINAL WHERE outcome = 'fire'")  # fmt: skip
+    incidents = query(workers, "SELECT incident_id, model, deployment, argMax(action, revision) "
+                      "AS action, argMax(rules, revision) AS rules FROM llm_monitor.incidents "
+                      "GROUP BY incident_id, model, deployment")  # fmt: skip
+    deployments = [(i["model"], i["deployment"]) for i in incidents]
+    assert sorted(deployments) == sorted({(m, d) for _, m, d in sent if _ != "resume"})
+    assert len(set(deployments)) == len(deployments), incidents  # one each
+    for i in incidents:  # every rule that fired for the deployment is in its incident
+        assert "rollback.error_rate" in i["rules"], i  # the error storm
+        assert {d.body["incident_id"] for d in r.deliveries
+                if (d.body["model"], d.body["deployment"]) == (i["model"], i["deployment"])
+                } == {i["incident_id"]}  # fmt: skip
+    fired = query(workers, "SELECT rule, deployment, n, bound_low, bound_high, threshold, "
+                  "outcome, incident_id FROM llm_monitor.decisions FINAL "
+                  "WHERE outcome IN ('fire', 'attached', 'suppressed')")  # fmt: skip
     assert fired and all(row["deployment"] == "canary" for row in fired)
     triggers = [row for row in fired if not row["rule"].startswith("stage.")]
     assert all(row["bound_low"] > row["threshold"] for row in triggers)
+    assert {row["incident_id"] for row in triggers} == {i["incident_id"] for i in incidents}
+    assert any(row["outcome"] != "fire" for row in triggers)  # evidence, not another action
+    # Alertmanager showed each incident as one alert with our labels.
+    alerts = {a["labels"]["incident_id"]: a["labels"] for _, a in notified(r, "firing")}
+    assert set(alerts) == {i["incident_id"] for i in incidents}
+    for i in incidents:
+        labels = alerts[i["incident_id"]]
+        assert (labels["model"], labels["deployment"]) == (i["model"], i["deployment"])
     promotions = [row for row in fired if row["rule"].startswith("stage.")]
     assert all(row["bound_high"] < row["threshold"] for row in promotions)
     assert all(row["n"] >= 1 for row in fired)
@@ -121,6 +163,9 @@ def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "kill.data_breach" in report.stdout and "| pii | leak |" in report.stdout
+    assert "## Incident timeline" in report.stdout and "| escalated | kill.data_breach |" in (
+        report.stdout
+    )
 
 
 def api(

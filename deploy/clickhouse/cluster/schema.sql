@@ -99,3 +99,11 @@ ALTER TABLE llm_monitor.actions_local ON CLUSTER llm_monitor MODIFY TTL toDateTi
 ALTER TABLE llm_monitor.events_minute_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(toDateTime64(minute, 3, 'UTC') + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
 
 ALTER TABLE llm_monitor.findings_minute_local ON CLUSTER llm_monitor MODIFY TTL toDateTime(least(greatest(toDateTime64(minute, 3, 'UTC') + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+ALTER TABLE llm_monitor.incidents_local ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS status LowCardinality(String), ADD COLUMN IF NOT EXISTS rules Array(String), ADD COLUMN IF NOT EXISTS revision UInt32, ADD COLUMN IF NOT EXISTS updated_at DateTime64(3, 'UTC'), ADD COLUMN IF NOT EXISTS resolved_at DateTime64(3, 'UTC'), ADD COLUMN IF NOT EXISTS timeline Array(Tuple(at_ms Int64, kind String, rule String, model_version String, action String, idempotency_key String, detail String));
+
+ALTER TABLE llm_monitor.incidents ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS status LowCardinality(String), ADD COLUMN IF NOT EXISTS rules Array(String), ADD COLUMN IF NOT EXISTS revision UInt32, ADD COLUMN IF NOT EXISTS updated_at DateTime64(3, 'UTC'), ADD COLUMN IF NOT EXISTS resolved_at DateTime64(3, 'UTC'), ADD COLUMN IF NOT EXISTS timeline Array(Tuple(at_ms Int64, kind String, rule String, model_version String, action String, idempotency_key String, detail String));
+
+ALTER TABLE llm_monitor.decisions_local ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS incident_id String;
+
+ALTER TABLE llm_monitor.decisions ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS incident_id String;
