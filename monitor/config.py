@@ -67,7 +67,14 @@ class PipelineSettings(BaseModel):
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     batch_wait_s: float = Field(default=0.05, gt=0, le=60)
     sink_batch_size: int = Field(default=50, ge=1, description="scored batches per insert")
-    sink_batch_wait_s: float = Field(default=0.1, gt=0, le=60)
+    sink_batch_wait_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="how long the sink gathers records per insert: each chdb insert costs "
+        "~15-40 ms whatever its size (parts, materialized views, TTLs), so fewer, larger "
+        "inserts (docs/benchmarks.md)",
+    )
     max_event_bytes: int = Field(
         default=1_000_000,
         ge=256,

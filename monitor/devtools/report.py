@@ -157,7 +157,8 @@ def print_actions(settings: Settings, receiver: Receiver) -> None:
             rows(
                 "SELECT rule, outcome, model, model_version, deployment, observed, bound_low, n "
                 "FROM {db:Identifier}.decisions FINAL WHERE action != 'none' AND outcome IN "
-                "('fire', 'suppressed', 'cooldown', 'dry_run') ORDER BY decided_at LIMIT 20"
+                "('fire', 'attached', 'suppressed', 'cooldown', 'dry_run') "
+                "ORDER BY decided_at LIMIT 30"
             ),
         )
     )
@@ -189,12 +190,17 @@ def print_actions(settings: Settings, receiver: Receiver) -> None:
             ),
         )
     )
+    # Each change to an incident is a new revision of its row: read the newest of each.
     incidents = rows(
-        "SELECT incident_id, action, rule, model, deployment FROM {db:Identifier}.incidents "
-        "FINAL ORDER BY opened_at"
+        "SELECT incident_id, argMax(action, revision), argMax(status, revision), "
+        "argMax(length(rules), revision), argMin(rule, revision), model, deployment "
+        "FROM {db:Identifier}.incidents GROUP BY incident_id, model, deployment "
+        "ORDER BY min(opened_at)"
     )
-    console.print(_table("Incidents", ["incident", "action", "rule", "model", "deployment"],
-                         incidents))  # fmt: skip
+    console.print(_table(
+        "Incidents (one per deployment episode)",
+        ["incident", "action", "status", "rules", "opened by", "model", "deployment"], incidents,
+    ))  # fmt: skip
     if incidents:
         console.print(
             f"  llm-monitor incident report {incidents[-1][0]} --data-dir {settings.data_dir}"
