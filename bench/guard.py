@@ -65,6 +65,7 @@ BENCHES: Final = {
         Bench("pii", (), (_h("speedup"), _h("ours.PHONE.f1"), _h("ours.EMAIL_ADDRESS.f1"))),
         Bench("semantic", (), (_h("ratio_scorer_to_baseline"), _h("scorer_events_per_s"))),
         Bench("spans", (), (_h("score_ratio_proto"), _h("score_ratio_json")), False),
+        Bench("proxy", (), (_l("overhead_p50_ms"),), False),
         Bench("onnx_cpu", (), (_h("onnx_ratio_vs_torch"), _h("onnx-int8_ratio_vs_torch")), False),
         Bench("embedding", (), (_h("ratio"),), False),
         Bench("reaction", ("--json",), (_h("speedup_p50"), _l("p50_s")), False),

@@ -11,12 +11,13 @@ from monitor.cli.bench import bench_app
 from monitor.cli.deploy import dashboards_app, deploy_app
 from monitor.cli.evaluate import eval_app
 from monitor.cli.policy import incident_app, killswitch_app, policy_app, receiver
+from monitor.cli.proxy import proxy
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Streaming monitor for LLM apps."
 )
 for command in (run.demo, run.worker, run.replay, run.probe, run.generate, data.migrate,
-                data.query, run.broker, receiver):  # fmt: skip
+                data.query, run.broker, receiver, proxy):  # fmt: skip
     app.command()(command)
 for group, name in (
     (eval_app, "eval"), (killswitch_app, "killswitch"), (incident_app, "incident"),

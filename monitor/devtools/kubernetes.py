@@ -210,4 +210,7 @@ def write(deploy_dir: Path) -> list[Path]:
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [p.name for p in paths]}  # fmt: skip
     (out / "kustomization.yaml").write_text(header + yaml.safe_dump(kustomization, sort_keys=False))
+    from monitor.proxy.kubernetes import write as write_sidecar
+
+    write_sidecar(deploy_dir)  # deploy/kubernetes/sidecar/: an example app, not a resource here
     return paths
