@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from monitor.cli import data, run
+from monitor.cli import data, history, run
 from monitor.cli.bench import bench_app
 from monitor.cli.deploy import dashboards_app, deploy_app
 from monitor.cli.evaluate import eval_app
@@ -17,7 +17,8 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Streaming monitor for LLM apps."
 )
 for command in (run.demo, run.worker, run.replay, run.probe, run.generate, data.migrate,
-                data.query, run.broker, receiver, proxy):  # fmt: skip
+                data.query, run.broker, receiver, proxy, history.backfill,
+                history.compare):  # fmt: skip
     app.command()(command)
 for group, name in (
     (eval_app, "eval"), (killswitch_app, "killswitch"), (incident_app, "incident"),

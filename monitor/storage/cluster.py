@@ -19,6 +19,8 @@ from monitor.storage.migrate import discover
 SHARDING = {
     "events": "cityHash64(request_id)",
     "findings": "cityHash64(request_id)",
+    "findings_versions": "cityHash64(request_id)",
+    "backfills": "cityHash64(detector, detector_version, model)",
     "incident_evidence": "cityHash64(incident_id)",
     "incidents": "cityHash64(incident_id)",
     "actions": "cityHash64(idempotency_key)",

@@ -107,3 +107,11 @@ ALTER TABLE llm_monitor.incidents ON CLUSTER llm_monitor ADD COLUMN IF NOT EXIST
 ALTER TABLE llm_monitor.decisions_local ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS incident_id String;
 
 ALTER TABLE llm_monitor.decisions ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS incident_id String;
+
+CREATE TABLE IF NOT EXISTS llm_monitor.findings_versions_local ON CLUSTER llm_monitor ( request_id String, event_time DateTime64(3, 'UTC'), stored_at DateTime64(3, 'UTC') DEFAULT now64(3), model LowCardinality(String), model_version LowCardinality(String), deployment LowCardinality(String), route LowCardinality(String), detector LowCardinality(String), detector_version LowCardinality(String), score Float32, flagged UInt8, category LowCardinality(String), spans Array(Tuple(start UInt32, end UInt32, type LowCardinality(String), field LowCardinality(String))), details Map(String, String) ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/findings_versions_local', '{replica}', stored_at) PARTITION BY toYYYYMM(event_time) ORDER BY (detector, detector_version, model, model_version, event_time, request_id) TTL toDateTime(least(greatest(greatest(event_time, stored_at) + INTERVAL 400 DAY, toDateTime64('1970-01-01 00:00:00', 3, 'UTC')), toDateTime64('2106-02-07 06:28:15', 3, 'UTC')));
+
+CREATE TABLE IF NOT EXISTS llm_monitor.findings_versions ON CLUSTER llm_monitor AS llm_monitor.findings_versions_local ENGINE = Distributed(llm_monitor, llm_monitor, findings_versions_local, cityHash64(request_id));
+
+CREATE TABLE IF NOT EXISTS llm_monitor.backfills_local ON CLUSTER llm_monitor ( detector LowCardinality(String), detector_version String, model String, since DateTime64(3, 'UTC'), event_time DateTime64(3, 'UTC'), request_id String, events UInt64, findings UInt64, flagged UInt64, revision UInt64, updated_at DateTime64(3, 'UTC') ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/backfills_local', '{replica}', revision) ORDER BY (detector, detector_version, model);
+
+CREATE TABLE IF NOT EXISTS llm_monitor.backfills ON CLUSTER llm_monitor AS llm_monitor.backfills_local ENGINE = Distributed(llm_monitor, llm_monitor, backfills_local, cityHash64(detector, detector_version, model));
