@@ -3,11 +3,16 @@
 The worker runs as a child process (`llm-monitor worker`), exactly as in production; the demo
 only produces traffic, watches the worker's /metrics until every event is accounted for
 (stored or dead-lettered), stops it, and then reads ClickHouse to print the summary.
+
+With an Alertmanager binary on PATH, the demo also runs one on loopback (the shipped config,
+its webhooks pointed at the demo's receiver, grouping timings shortened) and has the policy
+role push each incident to it; the summary shows the notifications it sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import subprocess
@@ -21,6 +26,14 @@ from rich.progress import Progress
 
 from monitor.client import produce
 from monitor.config import Settings, ensure_data_dir
+from monitor.devtools.alertmanager import (
+    AlertmanagerError,
+    LocalAlertmanager,
+    alertmanager_binary,
+    load_config,
+    local_config,
+    start_alertmanager,
+)
 from monitor.devtools.broker import BundledBroker, free_port, start_broker
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.errors import MonitorError
@@ -28,6 +41,7 @@ from monitor.ingest.decode import ArrivalBounds, RawMessage, decode_batch
 from monitor.ingest.formats import InputFormat
 from monitor.ingest.genai_mapping import GenAiMapper
 from monitor.ingest.otlp import expand_records
+from monitor.policy.alertmanager import ALERTNAME
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.storage.sink import EVIDENCE_DELAY_S
@@ -90,6 +104,7 @@ class DemoPolicy:
     receiver: Receiver
     env: dict[str, str]
     api_token: str
+    base: str  # the receiver's URL
 
 
 def start_demo_policy(data_dir: Path) -> DemoPolicy:
@@ -108,7 +123,54 @@ def start_demo_policy(data_dir: Path) -> DemoPolicy:
         "LLM_MONITOR_POLICY__WEBHOOK_SECRET": secret,
         "LLM_MONITOR_POLICY__API_TOKEN": token,
     }
-    return DemoPolicy(receiver, env, token)
+    return DemoPolicy(receiver, env, token, base)
+
+
+ALERTMANAGER_URLS_ENV = "LLM_MONITOR_POLICY__ALERTMANAGER__URLS"
+
+
+def start_demo_alertmanager(
+    data_dir: Path, logs: Path, receiver_base: str
+) -> LocalAlertmanager | None:
+    """An Alertmanager on loopback notifying the demo's receiver (its /alertmanager path),
+    or None, with a one-line warning, when there is no binary or it does not start."""
+    binary = alertmanager_binary()
+    if binary is None:
+        console.print(
+            "[yellow]alertmanager[/] not found (prometheus-alertmanager or alertmanager on "
+            "PATH): incidents are not pushed as alerts in this run"
+        )
+        return None
+    try:
+        config = local_config(load_config(), f"{receiver_base}/alertmanager")
+        alertmanager = start_alertmanager(
+            config,
+            data_dir / "alertmanager.yml",
+            data_dir / "alertmanager",
+            logs / "alertmanager.log",
+            binary=binary,
+        )
+    except (AlertmanagerError, OSError) as exc:
+        console.print(f"[yellow]alertmanager[/] did not start, going on without it: {exc}")
+        return None
+    console.print(f"[bold]alertmanager[/] {alertmanager.url} (pid {alertmanager.process.pid})")
+    return alertmanager
+
+
+def wait_for_notifications(demo: DemoPolicy, timeout_s: float) -> None:
+    """Alertmanager has notified the receiver of every incident a signed action named."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        wanted = {str(d.body.get("incident_id") or "") for d in demo.receiver.deliveries} - {""}
+        notified = {
+            alert.get("labels", {}).get("incident_id")
+            for _, _, payload in list(demo.receiver.alerts)
+            for alert in payload.get("alerts", [])
+            if alert.get("labels", {}).get("alertname") == ALERTNAME
+        }
+        if wanted <= notified:
+            return
+        time.sleep(0.2)
 
 
 def wait_for_actions(demo: DemoPolicy, timeout_s: float) -> None:
@@ -243,11 +305,18 @@ def run_demo(
         console.print(f"[bold]broker[/] {bootstrap}")
     port = free_port()
     worker = None
+    alertmanager: LocalAlertmanager | None = None
     demo_policy = start_demo_policy(settings.data_dir)
     try:
         asyncio.run(ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id])))
         env = worker_env(settings, bootstrap, port, semantic=semantic)
         env.update({k: v for k, v in demo_policy.env.items() if k not in os.environ})
+        if ALERTMANAGER_URLS_ENV in os.environ:  # the user's own Alertmanager wins
+            console.print(f"[bold]alertmanager[/] {os.environ[ALERTMANAGER_URLS_ENV]} (set)")
+        else:
+            alertmanager = start_demo_alertmanager(settings.data_dir, logs, demo_policy.base)
+            if alertmanager is not None:
+                env[ALERTMANAGER_URLS_ENV] = json.dumps([alertmanager.url])
         semantic = any(env.get(k, "").lower() in ("1", "true", "yes") for k in DEMO_DETECTORS)
         worker = start_worker(env, logs / "worker.log")
         console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
@@ -260,6 +329,8 @@ def run_demo(
         wait_until(url, expected_events, expected_dead, timeout_s, worker, semantic=semantic)
         elapsed = time.monotonic() - started
         wait_for_actions(demo_policy, timeout_s=15.0)
+        if alertmanager is not None:
+            wait_for_notifications(demo_policy, timeout_s=10.0)
         time.sleep(2.0)  # last findings and window snapshots: emitted every 0.25 s, then inserted
         final_metrics = scrape(f"http://127.0.0.1:{port}/metrics")
         console.print(f"[bold]done[/] all {sent} records accounted for in {elapsed:.1f}s")
@@ -267,8 +338,12 @@ def run_demo(
     finally:
         if worker is not None:
             stop_worker(worker)
+        if alertmanager is not None:
+            alertmanager.stop()
         if broker is not None:
             broker.stop()
         demo_policy.receiver.stop()
     print_summary(settings, final_metrics, sent, elapsed)
-    print_actions(settings, demo_policy.receiver)
+    print_actions(
+        settings, demo_policy.receiver, alertmanager=alertmanager.url if alertmanager else None
+    )

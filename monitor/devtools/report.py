@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -147,8 +148,68 @@ def _print_data(settings: Settings, metrics: dict[str, float]) -> None:
         console.print(f'  # {title}\n  llm-monitor query "{sql}" --data-dir {settings.data_dir}')
 
 
-def print_actions(settings: Settings, receiver: Receiver) -> None:
-    """What the policy did: acting decisions, webhook deliveries, kill switches, incidents."""
+NotificationKey = tuple[str, str, str, str, str, str, str]
+
+
+def alertmanager_notifications(receiver: Receiver) -> list[tuple[Any, ...]]:
+    """The alerts in the Alertmanager notifications ``receiver`` got, one row per alert and
+    status: incident, model, deployment, severity, rule, status, notifications carrying it,
+    first arrival (UTC); in order of first arrival. Alerts other than the pushed incidents
+    show their alertname in the incident column."""
+    seen: dict[NotificationKey, list[float]] = {}
+    for at, _, payload in list(receiver.alerts):
+        alerts = payload.get("alerts")
+        for alert in alerts if isinstance(alerts, list) else []:
+            if not isinstance(alert, dict):
+                continue
+            labels = alert.get("labels")
+            if not isinstance(labels, dict):
+                labels = {}
+            name = str(labels.get("alertname", ""))
+            incident = str(labels.get("incident_id") or name)
+            key = (
+                incident,
+                str(labels.get("model", "")),
+                str(labels.get("deployment", "")),
+                str(labels.get("severity", "")),
+                str(labels.get("rule", "")),
+                str(alert.get("status", "")),
+                name,
+            )
+            seen.setdefault(key, []).append(at)
+    rows = sorted(seen.items(), key=lambda item: min(item[1]))
+    return [
+        (*key[:6], len(times), datetime.fromtimestamp(min(times), UTC).strftime("%H:%M:%S.%f")[:12])
+        for key, times in rows
+    ]
+
+
+def _print_alertmanager(receiver: Receiver, alertmanager: str | None) -> None:
+    if alertmanager is None:
+        console.print("Alertmanager: not run in this demo (see the warning at the start)")
+        return
+    statuses = [str(p.get("status", "")) for _, _, p in list(receiver.alerts)]
+    console.print(
+        f"Alertmanager {alertmanager} sent {len(statuses)} notifications to the receiver's "
+        f"/alertmanager ({statuses.count('firing')} firing, {statuses.count('resolved')} "
+        "resolved)"
+    )
+    rows = alertmanager_notifications(receiver)
+    if rows:
+        console.print(
+            _table(
+                "Alertmanager notifications (incidents pushed by the policy role)",
+                ["incident", "model", "deployment", "severity", "rule", "status",
+                 "notifications", "first (UTC)"],
+                rows,
+            )
+        )  # fmt: skip
+
+
+def print_actions(settings: Settings, receiver: Receiver, alertmanager: str | None = None) -> None:
+    """What the policy did: acting decisions, webhook deliveries (signed, and the
+    notifications of ``alertmanager``, the URL of the one the demo ran, if any), kill
+    switches, incidents."""
     rows = _rows(settings)
     console.print(
         _table(
@@ -179,6 +240,7 @@ def print_actions(settings: Settings, receiver: Receiver) -> None:
         f"receiver verified {len(receiver.deliveries)} signed deliveries ({verified or 'none'}); "
         f"refused {len(receiver.refused)}"
     )
+    _print_alertmanager(receiver, alertmanager)
     console.print(
         _table(
             "Kill switches",
