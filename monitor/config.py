@@ -59,6 +59,11 @@ class KafkaSettings(BaseModel):
         default=100, ge=1, le=30_000, description="consumer long-poll; faust hard-codes 1500"
     )
     producer_linger_s: float = Field(default=0.005, ge=0)
+    compression_type: Literal["none", "gzip", "lz4", "zstd"] = Field(
+        default="lz4",
+        description="compression of what workers produce (scored batches, partials, windows, "
+        "table changelogs): they compress 4-6x, which the broker's disk and memory feel",
+    )
 
 
 class PipelineSettings(BaseModel):

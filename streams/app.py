@@ -114,6 +114,7 @@ def faust_app(settings: Settings) -> faust.App:
         broker_max_poll_records=max(p.batch_size, 500),
         consumer_auto_offset_reset="earliest",
         producer_linger=k.producer_linger_s,
+        producer_compression_type=None if k.compression_type == "none" else k.compression_type,
         producer_max_batch_size=1_048_576,
         producer_max_request_size=4 * 1_048_576,
         stream_buffer_maxsize=max(4096, p.batch_size * 4),
