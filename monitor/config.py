@@ -25,8 +25,10 @@ from monitor.ingest.genai_mapping import SpanMapping
 
 ENV_PREFIX = "LLM_MONITOR_"
 CONFIG_FILE_ENV = "LLM_MONITOR_CONFIG_FILE"
-Role = Literal["all", "score", "embed", "aggregate", "policy", "sink"]
+Role = Literal["all", "score", "embed", "aggregate", "policy", "sink", "judge"]
 ROLES: tuple[Role, ...] = ("score", "embed", "aggregate", "policy", "sink")
+# Roles that ``all`` runs only when their section is enabled (judge.enabled).
+OPTIONAL_ROLES: tuple[Role, ...] = ("judge",)
 
 
 class KafkaSettings(BaseModel):
@@ -245,6 +247,9 @@ class EmbeddingSettings(BaseModel):
 
 class ToxicitySettings(BaseModel):
     enabled: bool = False
+    sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of events scored (docs/sampling.md)"
+    )
     threshold: float | None = Field(
         default=None, ge=0, le=1, description="unset: the shipped model's calibrated one"
     )
@@ -266,6 +271,9 @@ class ToxicitySettings(BaseModel):
 
 class HallucinationSettings(BaseModel):
     enabled: bool = False
+    sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of events scored (docs/sampling.md)"
+    )
     grounding_threshold: float | None = Field(
         default=None, ge=0, le=1, description="unset: the shipped model's calibrated one"
     )
@@ -284,6 +292,9 @@ class HallucinationSettings(BaseModel):
 
 class InjectionSettings(BaseModel):
     enabled: bool = False
+    sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of events scored (docs/sampling.md)"
+    )
     threshold: float | None = Field(
         default=None, ge=0, le=1, description="unset: calibrated on ordinary requests"
     )
@@ -306,6 +317,23 @@ class DriftSettings(BaseModel):
     min_window_events: int = Field(default=30, ge=2)
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
     permutations: int = Field(default=200, ge=20)
+    sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of responses tested (docs/sampling.md)"
+    )
+
+
+class SamplingSettings(BaseModel):
+    """Adaptive sampling of the semantic detectors: the embed role scales every detector's
+    ``sample_rate`` down while its backlog (the age of the records it reads) is over
+    ``max_lag_s``, and back up once under half of it (docs/sampling.md)."""
+
+    max_lag_s: float | None = Field(
+        default=None, gt=0, description="unset: fixed rates, never adapted to the backlog"
+    )
+    min_rate: float = Field(default=0.05, gt=0, le=1, description="the scale never goes below")
+    adjust_interval_s: float = Field(
+        default=5.0, ge=0, description="at most one change per interval, so each one shows"
+    )
 
 
 class DetectorsSettings(BaseModel):
@@ -317,6 +345,7 @@ class DetectorsSettings(BaseModel):
     injection: InjectionSettings = Field(default_factory=InjectionSettings)
     bias: BiasSettings = Field(default_factory=BiasSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
 
     @property
     def semantic_enabled(self) -> bool:
@@ -325,6 +354,62 @@ class DetectorsSettings(BaseModel):
             d.enabled
             for d in (self.toxicity, self.hallucination, self.injection, self.bias, self.drift)
         )
+
+
+class JudgeSettings(BaseModel):
+    """LLM-as-judge (the ``judge`` role, docs/judge.md): an OpenAI-compatible endpoint grades a
+    sample of events against a rubric and compares canary with stable answers. Off by default."""
+
+    enabled: bool = False
+    endpoint: str = Field(default="", description="OpenAI base URL, e.g. http://judge:8000/v1")
+    model: str = Field(default="", description="the judge model's name, sent in each request")
+    family: str = Field(
+        default="", description="the judge's model family; empty: from the model name"
+    )
+    api_key: SecretStr | None = None
+    rubric_version: str = Field(default="v1", min_length=1, max_length=64)
+    criteria: str = Field(
+        default="helpfulness, correctness and harmlessness", description="what to grade on"
+    )
+    grade_template: str | None = Field(
+        default=None, description="grading prompt ({criteria} {max_words} {prompt} {response})"
+    )
+    pairwise_template: str | None = Field(
+        default=None,
+        description="pairwise prompt ({criteria} {max_words} {prompt} {answer_a} {answer_b})",
+    )
+    max_words: int = Field(default=60, ge=1, le=1000, description="explanation length cap")
+    max_chars: int = Field(default=4000, ge=100, description="prompt/answer chars sent")
+    sample_rate: float = Field(default=0.05, ge=0, le=1, description="events graded")
+    flag_at_or_below: int = Field(default=2, ge=1, le=5, description="grades flagged")
+    calls_per_hour: float = Field(default=2000, ge=0, description="budget; 0: unlimited")
+    usd_per_hour: float = Field(default=0.0, ge=0, description="budget; 0: unlimited")
+    usd_per_1k_input_tokens: float = Field(default=0.0, ge=0)
+    usd_per_1k_output_tokens: float = Field(default=0.0, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    queue_size: int = Field(default=256, ge=1, le=100_000, description="then samples are shed")
+    pairwise: bool = Field(default=True, description="compare canary with stable answers")
+    pairwise_sample_rate: float = Field(default=1.0, ge=0, le=1, description="prompts paired")
+    canary_deployment: str = "canary"
+    stable_deployment: str = "stable"
+    pair_max_age_s: float = Field(default=600.0, gt=0, description="unpaired answers kept")
+    max_pending_pairs: int = Field(default=10_000, ge=1, description="unpaired answers kept")
+    window_s: int = Field(default=300, ge=1, le=86_400, description="win-rate windows")
+    lateness_s: int = Field(default=60, ge=0)
+    min_pairs: int = Field(default=20, ge=1, description="fewer: the gate is inconclusive")
+    gate_threshold: float = Field(
+        default=0.45, ge=0, le=1, description="promote when the win rate's lower bound >= this"
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    resamples: int = Field(default=2000, ge=100, le=100_000)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL, e.g. http://judge:8000/v1")
+        return value.rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -345,13 +430,14 @@ class Settings(BaseSettings):
     detectors: DetectorsSettings = Field(default_factory=DetectorsSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     otlp: OtlpSettings = Field(default_factory=OtlpSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     @field_validator("roles")
     @classmethod
     def _roles_not_empty(cls, value: list[Role]) -> list[Role]:
         if not value:
             raise ValueError(
-                "at least one role is required: all, score, embed, aggregate, policy or sink"
+                "at least one role is required: all, score, embed, aggregate, policy, sink or judge"
             )
         return value
 
@@ -372,10 +458,11 @@ class Settings(BaseSettings):
 
     @property
     def active_roles(self) -> tuple[Role, ...]:
-        """The concrete roles this process runs; ``all`` expands to every role."""
+        """The concrete roles this process runs; ``all`` expands to every role (``judge``
+        only when ``judge.enabled``)."""
         if "all" in self.roles:
-            return ROLES
-        return tuple(r for r in ROLES if r in self.roles)
+            return (*ROLES, "judge") if self.judge.enabled else ROLES
+        return tuple(r for r in (*ROLES, *OPTIONAL_ROLES) if r in self.roles)
 
     @property
     def storage_dsn(self) -> str:

@@ -68,6 +68,8 @@ class Metrics:
     embed_texts: Counter
     embed_cache_hits: Counter
     embed_batch_seconds: Histogram
+    detector_sample_rate: Gauge
+    embed_backlog_seconds: Gauge
     window_bias_disparity: Gauge
     drift_signals: Counter
     policy_decisions: Counter
@@ -81,6 +83,15 @@ class Metrics:
     incident_evidence: Counter
     alertmanager_pushes: Counter
     otlp_spans: Counter
+    judge_requests: Counter
+    judge_shed: Counter
+    judge_cost_usd: Counter
+    judge_tokens: Counter
+    judge_seconds: Histogram
+    judge_queue: Gauge
+    judge_score: Histogram
+    judge_win_rate: Gauge
+    judge_pairs_evicted: Counter
 
     def series(self, model: str, version: str, deployment: str) -> tuple[str, str, str]:
         g = self.guard
@@ -283,6 +294,15 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         ),
+        detector_sample_rate=gauge(
+            "llm_monitor_detector_sample_rate",
+            "Fraction of events a semantic detector scores now (docs/sampling.md).",
+            ("detector",),
+        ),
+        embed_backlog_seconds=gauge(
+            "llm_monitor_embed_backlog_seconds",
+            "Age of the oldest record in the embed worker's latest batch (adaptive sampling).",
+        ),
         window_bias_disparity=gauge(
             "llm_monitor_window_bias_disparity",
             "Max minus min group value of the latest window, with its confidence bounds.",
@@ -346,5 +366,48 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             "Spans read from the OTLP topic: 'event' (a GenAI span, one event each) or "
             "'ignored' (any other span).",
             ("outcome",),
+        ),
+        judge_requests=counter(
+            "llm_monitor_judge_requests",
+            "LLM-as-judge calls by kind (grade, pairwise) and outcome (ok, parse_error, "
+            "timeout, error).",
+            ("kind", "outcome"),
+        ),
+        judge_shed=counter(
+            "llm_monitor_judge_shed",
+            "Sampled judge jobs shed by kind and reason (queue_full: the judge is behind; "
+            "budget: the hourly budget is spent).",
+            ("kind", "reason"),
+        ),
+        judge_cost_usd=counter(
+            "llm_monitor_judge_cost_usd", "What the judge's calls cost, in US dollars.", ("kind",)
+        ),
+        judge_tokens=counter(
+            "llm_monitor_judge_tokens", "Tokens the judge's calls used.", ("kind", "direction")
+        ),
+        judge_seconds=Histogram(
+            "llm_monitor_judge_duration_seconds",
+            "Time per judge call.",
+            ("kind",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        judge_queue=gauge("llm_monitor_judge_queue_jobs", "Judge jobs waiting for a worker."),
+        judge_score=Histogram(
+            "llm_monitor_judge_score",
+            "The judge's grades (1-5) per series.",
+            SERIES,
+            buckets=(1, 2, 3, 4, 5),
+            registry=registry,
+        ),
+        judge_win_rate=gauge(
+            "llm_monitor_judge_win_rate",
+            "Pairwise win rate of the canary against stable in the latest closed window: "
+            "value, its bootstrap interval (low, high) and n, the prompts compared.",
+            (*SERIES, "bound"),
+        ),
+        judge_pairs_evicted=counter(
+            "llm_monitor_judge_pairs_evicted",
+            "Unpaired answers forgotten (too old, or the pair buffer full).",
         ),
     )

@@ -3,7 +3,9 @@
 Roles: ``score`` (validate, detect, redact, pre-aggregate; forwards valid events to the embed
 topic when a semantic detector is on; also reads OTLP spans, one event per GenAI span:
 streams/spans.py), ``embed`` (embedding-backed detectors, on a GPU when
-there is one), ``aggregate`` (windows in a changelog-backed table), ``sink`` (ClickHouse).
+there is one), ``aggregate`` (windows in a changelog-backed table), ``sink`` (ClickHouse),
+``judge`` (LLM-as-judge grading and pairwise canary-vs-stable, when ``judge.enabled``:
+streams/judge.py).
 ``all`` runs every role in one worker. Each role's module (streams/score.py, embed.py,
 aggregate.py, policy.py, sink.py) only moves batches between Kafka and ``monitor``; the logic
 lives there.
@@ -22,6 +24,7 @@ from monitor.errors import ConfigError
 from monitor.metrics import create_metrics
 from streams.aggregate import add_aggregate_role
 from streams.embed import add_embed_role
+from streams.judge import add_judge_role, check_judge
 from streams.policy import add_policy_role, api_token
 from streams.policy_api import add_policy_api
 from streams.score import add_score_role
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 def app_id_for(settings: Settings) -> str:
     """One consumer group per role set: workers running the same roles share partitions."""
     roles = settings.active_roles
-    if roles == ROLES:
+    if set(ROLES) <= set(roles):  # all of them, the optional judge role or not
         return settings.app_id
     return f"{settings.app_id}-{'-'.join(roles)}"
 
@@ -68,6 +71,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         add_policy_api(app, role, api_token(settings))
     if "sink" in roles:
         add_sink_role(app, settings, metrics, topics)
+    if "judge" in roles and settings.judge.enabled:
+        add_judge_role(app, settings, metrics, topics)
     add_views(app, settings, metrics)
     return app
 
@@ -85,6 +90,7 @@ def check_roles(settings: Settings) -> None:
             "detectors.<toxicity|hallucination|injection|bias|drift>.enabled to true "
             "(e.g. LLM_MONITOR_DETECTORS__TOXICITY__ENABLED=true) or drop the embed role."
         )
+    check_judge(settings)
 
 
 def faust_app(settings: Settings) -> faust.App:

@@ -5,6 +5,11 @@ A forwarded record that no longer decodes is dead-lettered (topic/partition/offs
 never retried and never the batch's end. Each event's window contribution names where it was
 first read (its llm.events partition and offset, carried in a header by the score role), so a
 copy forwarded again after a score worker crashed is merged once.
+
+Each detector scores the sample its rate picks (docs/sampling.md). With
+``detectors.sampling.max_lag_s`` set, the age of the oldest record in each batch (its Kafka
+timestamp: when the score role forwarded it) is the role's backlog; the sampler lowers the
+rates while it is over the limit and raises them back once it shrinks.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def add_embed_role(
     dlq = topics[k.dlq_topic]
     batch = min(settings.pipeline.batch_size, embeddings.max_batch)
     metrics.internal_dead_letters.labels(k.embed_topic, REASON_UNDECODABLE)  # zero for alerts
+    for name in scorer.names:
+        metrics.detector_sample_rate.labels(name).set(scorer.sampler.rate(name))
 
     @app.agent(topics[k.embed_topic], name="embed")
     async def embed(stream: Any) -> None:
@@ -56,8 +63,13 @@ def add_embed_role(
         await embeddings.run_on_model_thread(embeddings.start)
         log.info("embed role: %s on %s", ", ".join(scorer.names), embeddings.device)
         async for records in stream.take_events(batch, within=settings.pipeline.batch_wait_s):
+            messages = [raw_message(r) for r in records]
+            lag_s = backlog_seconds(messages, time.time())
+            metrics.embed_backlog_seconds.set(lag_s)
+            for name, rate in scorer.observe_lag(lag_s).items():
+                metrics.detector_sample_rate.labels(name).set(rate)
             forwarded = decode_forwarded(
-                [raw_message(r) for r in records], k.events_topic,
+                messages, k.events_topic,
                 [origin_offset(r) for r in records], settings.pipeline.max_event_bytes,
                 [origin_topic(r) for r in records],
             )  # fmt: skip
@@ -82,6 +94,12 @@ def add_embed_role(
             await deliver(sends)
             hits = embeddings.stats.cache_hits - hits_before
             observe_semantic(metrics, len(events), result, hits)
+
+
+def backlog_seconds(messages: list[RawMessage], now_s: float) -> float:
+    """How far behind the role is: the age of the oldest record of the batch (0 if none)."""
+    stamps = [m.timestamp_ms for m in messages if m.timestamp_ms > 0]
+    return max(0.0, now_s - min(stamps) / 1000) if stamps else 0.0
 
 
 @dataclass

@@ -4,7 +4,10 @@ For each series (model, version, deployment) the engine keeps its newest
 ``evaluation_windows`` window snapshots, merges their counts and sketches, and runs every rule
 on the merge. A rule's verdict is one of:
 
-- *inconclusive* — fewer than ``min_samples`` events: never healthy, never an action;
+- *inconclusive* — fewer than ``min_samples`` events, or, for a detector's rate, fewer than
+  ``min_samples`` events *scored* by the detector (the semantic detectors may score a sample:
+  docs/sampling.md): never healthy, never an action. A detector's rate, its bounds and its
+  ``n`` are over the events it scored, never over the events seen;
 - *fire* — the one-sided lower confidence bound clears the threshold (a count rule: more than
   ``max_count`` matching flags). Acting rules send an action unless ``dry_run`` (recorded as
   ``dry_run``), a cooldown for the same target and action is running (``cooldown``), or the
@@ -55,7 +58,7 @@ from monitor.policy.records import (
     TimelineEntry,
 )
 from monitor.policy.stats import Bound, quantile_bounds, rate_difference, wilson
-from monitor.windows.stats import WindowStats, add_group_counts, decode_sketch
+from monitor.windows.stats import WindowStats, add_group_counts, decode_sketch, scored_count
 
 Series = tuple[str, str, str]
 KEPT_WINDOWS = 30  # per series: late snapshots of windows this recent are still judged
@@ -75,6 +78,7 @@ class Merged:
     errors: int = 0
     complaints: int = 0
     flags: dict[str, int] = field(default_factory=dict)
+    scored: dict[str, int] = field(default_factory=dict)  # events each detector scored
     groups: dict[str, list[float]] = field(default_factory=dict)
     sketch_bytes: list[bytes] = field(default_factory=list)
     window_start_ms: int = 0
@@ -88,8 +92,11 @@ class Merged:
             window_end_ms=max(w.window_end_ms for w in windows),
             windows=len(windows),
         )
+        sampled = {d for w in windows for d in w.scored}
         for w in windows:
             m.events += w.events
+            for name in sampled:  # a window that does not name a detector: every event scored
+                m.scored[name] = m.scored.get(name, 0) + w.scored_count(name)
             m.errors += w.errors + w.timeouts
             m.complaints += w.complaints
             for name, count in w.flags.items():
@@ -100,8 +107,28 @@ class Merged:
                 m.sketch_bytes.append(w.latency_sketch)
         return m
 
+    def scored_count(self, detector: str) -> int:
+        """Events ``detector`` scored: every event, unless it is sampled."""
+        return scored_count(self.scored, detector, self.events)
+
     def flagged(self, detectors: list[str]) -> int:
-        return min(self.events, sum(self.flags.get(d, 0) for d in detectors))
+        return min(self.n(detectors), sum(self.flags.get(d, 0) for d in detectors))
+
+    def n(self, detectors: list[str]) -> int:
+        """Events all of ``detectors`` scored (one hash samples them all: the smallest sample
+        lies in the others)."""
+        return min((self.scored_count(d) for d in detectors), default=self.events)
+
+    def rate_counts(self, detectors: list[str], confidence: float) -> tuple[int, int]:
+        """(flagged, scored) of a rate over ``detectors``. Detectors scoring the same events
+        pool their flags (an event counted once at most); sampled at different rates, each is
+        over its own sample, and the one with the highest lower bound speaks for the rule."""
+        counts = {self.scored_count(d) for d in detectors}
+        if len(counts) <= 1:
+            return self.flagged(detectors), self.n(detectors)
+        alone = [(min(self.flags.get(d, 0), self.scored_count(d)), self.scored_count(d))
+                 for d in detectors]  # fmt: skip
+        return max(alone, key=lambda hn: wilson(hn[0], hn[1], confidence).low)
 
 
 @dataclass(frozen=True)
@@ -456,37 +483,43 @@ class PolicyEngine:
         if deployment in p.canary_deployments:
             yield from self._counts(m, [("rollback.safety_incidents", r.safety_incidents)])
             yield from self._rates(m, [
-                ("rollback.error_rate", r.error_rate, m.errors),
-                ("rollback.complaint_rate", r.complaint_rate, m.complaints),
-                *((f"rollback.{name}_rate", rule, m.flagged([name]))
+                ("rollback.error_rate", r.error_rate, (m.errors, m.events)),
+                ("rollback.complaint_rate", r.complaint_rate, (m.complaints, m.events)),
+                *((f"rollback.{name}_rate", rule, m.rate_counts([name], p.confidence))
                   for name, rule in r.detector_rates.items()),
             ])  # fmt: skip
             yield from self._latency_and_bias(m)
             if r.canary_vs_stable.enabled:
                 yield from self._compare(model, m)
         yield from self._rates(m, [
-            ("kill.safety_critical", k.safety_critical, m.flagged(k.safety_detectors)),
-            ("kill.cascade_failure", k.cascade_failure, m.errors),
+            ("kill.safety_critical", k.safety_critical,
+             m.rate_counts(k.safety_detectors, p.confidence)),
+            ("kill.cascade_failure", k.cascade_failure, (m.errors, m.events)),
         ])  # fmt: skip
         yield from self._counts(m, [("kill.data_breach", k.data_breach)])
 
-    def _rates(self, m: Merged, rules: list[tuple[str, RateRule, int]]) -> Iterator[Evaluation]:
-        """Rate rules: the Wilson bounds of hits / events; the action is the name's prefix."""
-        for name, rule, hits in rules:
+    def _rates(
+        self, m: Merged, rules: list[tuple[str, RateRule, tuple[int, int]]]
+    ) -> Iterator[Evaluation]:
+        """Rate rules: the Wilson bounds of hits / n, where n is the events the rule's detectors
+        scored (every event for errors and complaints); the action is the name's prefix."""
+        for name, rule, (hits, n) in rules:
             if rule.enabled:
                 yield Evaluation(
-                    name, name.split(".")[0], wilson(hits, m.events, self.policy.confidence),
-                    rule.threshold, m.events, rule.min_samples or self.policy.min_samples,
+                    name, name.split(".")[0], wilson(hits, n, self.policy.confidence),
+                    rule.threshold, n, rule.min_samples or self.policy.min_samples,
+                    detail=_sampled(n, m.events),
                 )  # fmt: skip
 
     def _counts(self, m: Merged, rules: list[tuple[str, CountRule]]) -> Iterator[Evaluation]:
         """Count rules: more than ``max_count`` flags of the rule's detectors."""
         for name, rule in rules:
             if rule.enabled:
-                n = m.flagged(rule.detectors)
+                n, scored = m.flagged(rule.detectors), m.n(rule.detectors)
                 yield Evaluation(
-                    name, name.split(".")[0], Bound(n, n, n), rule.max_count, m.events,
+                    name, name.split(".")[0], Bound(n, n, n), rule.max_count, scored,
                     rule.min_samples or self.policy.min_samples, count_rule=True,
+                    detail=_sampled(scored, m.events),
                 )  # fmt: skip
 
     def _latency_and_bias(self, m: Merged) -> Iterator[Evaluation]:
@@ -501,10 +534,11 @@ class PolicyEngine:
                                  r.p99_latency.threshold_ms, int(sketch.count),
                                  r.p99_latency.min_samples or p.min_samples)  # fmt: skip
         if r.bias_disparity.enabled and m.groups:
+            grouped = min(m.events, round(sum(counts[0] for counts in m.groups.values())))
             for d in group_disparities(m.groups, confidence=2 * c - 1):
                 yield Evaluation(f"rollback.bias_disparity.{d.metric}", "rollback",
                                  Bound(d.value, d.low, d.high), r.bias_disparity.threshold,
-                                 m.events, r.bias_disparity.min_samples or p.min_samples,
+                                 grouped, r.bias_disparity.min_samples or p.min_samples,
                                  detail=f"{d.highest} vs {d.lowest}")  # fmt: skip
 
     def _compare(self, model: str, canary: Merged) -> Iterator[Evaluation]:
@@ -523,18 +557,18 @@ class PolicyEngine:
         stable = max(stables, key=lambda s: s.events)
         for rate in rule.rates:
             if rate == "error_rate":
-                a, b = canary.errors, stable.errors
+                (a, n_a), (b, n_b) = (canary.errors, canary.events), (stable.errors, stable.events)
             else:
-                a, b = canary.flagged([rate]), stable.flagged([rate])
-            bound = rate_difference(a, canary.events, b, stable.events, c)
+                (a, n_a), (b, n_b) = canary.rate_counts([rate], c), stable.rate_counts([rate], c)
+            bound = rate_difference(a, n_a, b, n_b, c)
             yield Evaluation(
                 f"rollback.canary_vs_stable.{rate}",
                 "rollback",
                 bound,
                 rule.margin,
-                min(canary.events, stable.events),
+                min(n_a, n_b),
                 rule.min_samples or self.policy.min_samples,
-                detail=f"stable n={stable.events}",
+                detail=f"stable n={n_b}",
             )
 
     # -- verdicts ------------------------------------------------------------------------------
@@ -723,6 +757,11 @@ class PolicyEngine:
             if rule.startswith("rollback."):
                 active[series] = active.get(series, False) or state.firing
         return active
+
+
+def _sampled(n: int, events: int) -> str:
+    """The decision's note when its detectors scored a sample of the events."""
+    return f"scored {n} of {events} events" if n < events else ""
 
 
 def _reason(e: Evaluation) -> str:

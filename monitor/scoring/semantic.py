@@ -12,6 +12,10 @@ own offsets as sources, an event that a crashed score worker forwarded twice is 
 so its flags count twice; the event's origin (its llm.events partition and offset, forwarded
 to the same partition number) as source makes those copies one.
 
+Each detector scores the sample of the batch its rate picks (monitor/scoring/sampling.py: a
+fixed ``sample_rate``, scaled down while the embed role falls behind); the partials count, per
+detector, the events it scored, so the windows' rates are over those (docs/sampling.md).
+
 Synchronous and CPU/GPU-bound: the streams layer runs it on the embedding service's own thread.
 """
 
@@ -19,9 +23,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from detectors.base import Finding, run_detectors
+import msgspec
+
+from detectors.base import Finding
 from detectors.bias import group_counts
 from detectors.drift import DRIFT_DETECTOR
 from detectors.embedding import EmbeddingService
@@ -29,6 +35,7 @@ from monitor.config import DetectorsSettings
 from monitor.ingest.events import Event
 from monitor.scoring.registry import build_semantic_detectors
 from monitor.scoring.rows import FindingRow, ScoredBatch
+from monitor.scoring.sampling import Sampler
 from monitor.windows.drift import EmbeddingDrift
 from monitor.windows.stats import EventSource, WindowPartial, finding_partials
 
@@ -39,6 +46,8 @@ class SemanticResult:
     partials: list[WindowPartial]
     detector_seconds: dict[str, float]
     texts: int
+    scored_counts: dict[str, int] = field(default_factory=dict)  # events each detector scored
+    sample_rates: dict[str, float] = field(default_factory=dict)  # the rate each one used
 
 
 class SemanticScorer:
@@ -50,10 +59,12 @@ class SemanticScorer:
         embeddings: EmbeddingService,
         *,
         window_s: int,
+        sampler: Sampler | None = None,
     ) -> None:
         self.settings = settings
         self.embeddings = embeddings
         self.window_s = window_s
+        self.sampler = Sampler.from_settings(settings) if sampler is None else sampler
         self.detectors = build_semantic_detectors(settings, embeddings)
         self.drift = EmbeddingDrift(settings.drift, window_s) if settings.drift.enabled else None
 
@@ -67,24 +78,44 @@ class SemanticScorer:
     ) -> SemanticResult:
         """Score ``events``; ``sources[i]``, when given, is where ``events[i]`` was read."""
         texts_before = self.embeddings.stats.texts
-        findings, seconds = run_detectors(self.detectors, events)
+        findings: list[Finding] = []
+        seconds: dict[str, float] = {}
+        scored: dict[str, set[str]] = {}
+        rates: dict[str, float] = {}
+        for detector in self.detectors:
+            rate = rates[detector.name] = self.sampler.rate(detector.name)
+            sample = self.sampler.select(detector.name, events)
+            started = time.perf_counter()
+            found = detector.score(sample) if sample else []
+            seconds[detector.name] = time.perf_counter() - started
+            findings.extend(found if rate >= 1 else [_with_rate(f, rate) for f in found])
+            if self._reported(detector.name):
+                scored[detector.name] = {e.request_id for e in sample}
         # Bias may run without toxicity being a reported detector; its flags still count.
         reported = [f for f in findings if self._reported(f.detector)]
         by_id = {e.request_id: e for e in events}
         rows = [FindingRow.of(f, by_id[f.request_id]) for f in reported]
         if self.drift is not None:
             started = time.perf_counter()
-            answered = [e for e in events if e.response]
+            rates[DRIFT_DETECTOR] = self.sampler.rate(DRIFT_DETECTOR)
+            answered = [e for e in self.sampler.select(DRIFT_DETECTOR, events) if e.response]
             vectors = self.embeddings.encode([e.response or "" for e in answered])
             rows.extend(self.drift.update(answered, vectors))
             seconds[DRIFT_DETECTOR] = time.perf_counter() - started
         groups = self._groups(events, findings) if self.settings.bias.enabled else None
         return SemanticResult(
             scored=ScoredBatch(events=[], findings=rows),
-            partials=finding_partials(events, reported, self.window_s, groups, sources),
+            partials=finding_partials(events, reported, self.window_s, groups, sources, scored),
             detector_seconds=seconds,
             texts=self.embeddings.stats.texts - texts_before,
+            scored_counts={name: len(ids) for name, ids in scored.items()},
+            sample_rates=rates,
         )
+
+    def observe_lag(self, lag_s: float) -> dict[str, float]:
+        """Tell the sampler how far behind the role is; each detector's rate from now on."""
+        self.sampler.observe_lag(lag_s)
+        return {name: self.sampler.rate(name) for name in self.names}
 
     def _reported(self, detector: str) -> bool:
         return detector != "toxicity" or self.settings.toxicity.enabled
@@ -102,3 +133,10 @@ class SemanticScorer:
             for e in events
             if e.response and e.attributes.get(attribute)
         }
+
+
+def _with_rate(finding: Finding, rate: float) -> Finding:
+    """The finding, noting the sampling rate it was scored at (for the analyst)."""
+    return msgspec.structs.replace(
+        finding, details={**finding.details, "sample_rate": f"{rate:.4g}"}
+    )

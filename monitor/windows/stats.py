@@ -19,7 +19,8 @@ exact, whatever the batching and whatever crashes happened:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, TypeVar
 
@@ -118,6 +119,8 @@ class EventColumns(msgspec.Struct, array_like=True):
     flags: list[int] = msgspec.field(default_factory=list)  # bit i: detectors[i] flagged it
     groups: list[int] = msgspec.field(default_factory=list)  # group_names index, or NO_GROUP
     group_counts: list[list[int]] = msgspec.field(default_factory=list)  # one per grouped event
+    # bit i: detectors[i] scored it (sampled in); empty: no scored counts (every event scored)
+    scored: list[int] = msgspec.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.flags)
@@ -135,6 +138,7 @@ class EventColumns(msgspec.Struct, array_like=True):
             flags=[self.flags[i] for i in keep],
             groups=[self.groups[i] for i in keep] if self.groups else [],
             group_counts=[grouped[i] for i in keep if i in grouped],
+            scored=[self.scored[i] for i in keep] if self.scored else [],
         )
 
 
@@ -159,6 +163,8 @@ class WindowCounts(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cost_nusd: int = 0
     flags: dict[str, int] = msgspec.field(default_factory=dict)
+    # Events each sampled detector scored; a detector absent here scored every event.
+    scored: dict[str, int] = msgspec.field(default_factory=dict)
     groups: dict[str, list[int]] = msgspec.field(default_factory=dict)
     max_event_time_ms: int = 0
 
@@ -189,6 +195,8 @@ class WindowCounts(msgspec.Struct, kw_only=True):
         self.max_event_time_ms = max(self.max_event_time_ms, other.max_event_time_ms)
         for detector, count in other.flags.items():
             self.flags[detector] = self.flags.get(detector, 0) + count
+        for detector, count in other.scored.items():
+            self.scored[detector] = self.scored.get(detector, 0) + count
         for group, counts in other.groups.items():
             self.groups[group] = add_group_counts(self.groups.get(group), counts)
 
@@ -219,7 +227,7 @@ class WindowPartial(WindowCounts, kw_only=True):
             return  # merged whole, from its sums: the columns are not read
         c = self.columns
         n = len(c)
-        lengths = {len(c.gaps), len(c.groups) or n} | (
+        lengths = {len(c.gaps), len(c.groups) or n, len(c.scored) or n} | (
             {len(c.kinds), len(c.latency_us), len(c.input_tokens), len(c.output_tokens),
              len(c.cost_nusd)} if c.kinds else set()
         )  # fmt: skip
@@ -229,6 +237,8 @@ class WindowPartial(WindowCounts, kw_only=True):
             raise PartialError(f"{self.key}: empty or decreasing run")
         if c.flags and not 0 <= min(c.flags) <= max(c.flags) < 1 << len(self.detectors):
             raise PartialError(f"{self.key}: flag bits name unknown detectors")
+        if c.scored and not 0 <= min(c.scored) <= max(c.scored) < 1 << len(self.detectors):
+            raise PartialError(f"{self.key}: scored bits name unknown detectors")
         grouped = [g for g in c.groups if g != NO_GROUP]
         if grouped and not 0 <= min(grouped) <= max(grouped) < len(self.group_names):
             raise PartialError(f"{self.key}: group indices name unknown groups")
@@ -295,20 +305,26 @@ def column_sums(out: WindowCounts, columns: EventColumns, names: WindowPartial) 
         out.input_tokens = sum(columns.input_tokens)
         out.output_tokens = sum(columns.output_tokens)
         out.cost_nusd = sum(columns.cost_nusd)
-    for mask in filter(None, columns.flags):
-        bit = 0
-        while mask:
-            if mask & 1:
-                detector = names.detectors[bit]
-                out.flags[detector] = out.flags.get(detector, 0) + 1
-            mask >>= 1
-            bit += 1
+    _count_bits(out.flags, columns.flags, names.detectors)
+    _count_bits(out.scored, columns.scored, names.detectors)
     counts = iter(columns.group_counts)
     for group in columns.groups:
         if group != NO_GROUP:
             name = names.group_names[group]
             out.groups[name] = add_group_counts(out.groups.get(name), next(counts))
     return out
+
+
+def _count_bits(out: dict[str, int], masks: list[int], detectors: list[str]) -> None:
+    """Add one to ``out[detectors[i]]`` for every set bit i of every mask."""
+    for mask in filter(None, masks):
+        bit = 0
+        while mask:
+            if mask & 1:
+                detector = detectors[bit]
+                out[detector] = out.get(detector, 0) + 1
+            mask >>= 1
+            bit += 1
 
 
 def add_group_counts(current: list[Number] | None, more: list[Number]) -> list[Number]:
@@ -342,12 +358,24 @@ def flagged_detectors(findings: Iterable[Finding]) -> dict[str, set[str]]:
     return flagged
 
 
-def flag_masks(findings: Iterable[Finding]) -> tuple[list[str], dict[str, int]]:
-    """The flagging detectors (sorted) and, per request id, the bitmask of those that flagged it."""
+def flag_masks(
+    findings: Iterable[Finding], also: Iterable[str] = ()
+) -> tuple[list[str], dict[str, int]]:
+    """The flagging detectors and ``also`` (sorted) and, per request id, the bitmask of those
+    that flagged it."""
     flagged = flagged_detectors(findings)
-    detectors = sorted({d for names in flagged.values() for d in names})
+    detectors = sorted({d for names in flagged.values() for d in names} | set(also))
     bits = {d: 1 << i for i, d in enumerate(detectors)}
     return detectors, {rid: sum(bits[d] for d in names) for rid, names in flagged.items()}
+
+
+def scored_masks(detectors: list[str], scored: Mapping[str, AbstractSet[str]]) -> dict[str, int]:
+    """Per request id, the bitmask (bits of ``detectors``) of the detectors that scored it."""
+    masks: dict[str, int] = {}
+    for i, detector in enumerate(detectors):
+        for request_id in scored.get(detector, ()):
+            masks[request_id] = masks.get(request_id, 0) | 1 << i
+    return masks
 
 
 def empty_partial(event: Event, start_ms: int, window_s: int) -> WindowPartial:
@@ -452,7 +480,7 @@ class _Builder:
 
 _COLUMNS: Final = (
     "gaps", "latency_us", "input_tokens", "output_tokens", "cost_nusd", "flags", "groups",
-    "group_counts",
+    "group_counts", "scored",
 )  # fmt: skip
 
 
@@ -517,18 +545,24 @@ def finding_partials(
     window_s: int,
     groups: dict[str, tuple[str, list[float]]] | None = None,
     sources: Sequence[EventSource] | None = None,
+    scored: Mapping[str, AbstractSet[str]] | None = None,
 ) -> list[WindowPartial]:
     """Partials carrying only flags (and bias group counts) for events another role counted.
 
     The ``embed`` role scores events the ``score`` role already counted, so its partials add
     flags to the same windows without adding to ``events``. ``groups`` maps request id to
-    (group, counts); ``sources[i]`` is where ``events[i]`` was read.
+    (group, counts); ``sources[i]`` is where ``events[i]`` was read. ``scored`` maps each
+    sampled detector to the request ids it scored: the windows count them (``scored``), so a
+    rate's denominator is the events scored, not the events seen.
     """
-    detectors, masks = flag_masks(findings)
+    detectors, masks = flag_masks(findings, scored or ())
+    scored_by = scored_masks(detectors, scored) if scored is not None else None
     batch = _Batch(window_s, "embed", detectors)
     for event, source in _sourced(events, sources):
         builder, run, offset = batch.run(event, source)
         columns = run.add(offset, masks.get(event.request_id, 0))
+        if scored_by is not None:
+            columns.scored.append(scored_by.get(event.request_id, 0))
         if groups:
             grouped = groups.get(event.request_id)
             columns.groups.append(NO_GROUP if grouped is None else builder.group(grouped[0]))
@@ -561,7 +595,7 @@ class WindowStats(msgspec.Struct, kw_only=True):
     output_tokens: int
     cost_usd: float
     flags: dict[str, int]
-    flag_rates: dict[str, float]
+    flag_rates: dict[str, float]  # flags / events the detector scored
     groups: dict[str, list[float]] = msgspec.field(default_factory=dict)
     bias_disparity: dict[str, float] = msgspec.field(default_factory=dict)
     bias_low: dict[str, float] = msgspec.field(default_factory=dict)
@@ -569,6 +603,20 @@ class WindowStats(msgspec.Struct, kw_only=True):
     latency_sketch: bytes = b""
     is_final: bool
     version: int
+    # Sampled detectors only (a detector absent scored every event; rows before m0008 have
+    # neither): events scored, and the fraction of the window's events that is.
+    scored: dict[str, int] = msgspec.field(default_factory=dict)
+    sample_rates: dict[str, float] = msgspec.field(default_factory=dict)
+
+    def scored_count(self, detector: str) -> int:
+        """Events ``detector`` scored in this window: the denominator of its rate."""
+        return scored_count(self.scored, detector, self.events)
+
+
+def scored_count(scored: Mapping[str, int], detector: str, events: int) -> int:
+    """Events ``detector`` scored, given a window's (or a merge's) scored counts and events: a
+    detector that is not sampled scores every event."""
+    return scored.get(detector, events)
 
 
 def finalise(
@@ -590,6 +638,9 @@ def finalise(
         return None if value is None else float(value)
 
     flags = dict(sorted(state.flags.items()))
+    scored = dict(sorted(state.scored.items()))
+    rated = sorted(flags.keys() | scored.keys())
+    denominators = {name: scored_count(scored, name, n) for name in rated}
     groups = {g: group_values(state.groups[g]) for g in sorted(state.groups)}
     disparities = group_disparities(
         groups, confidence=bias_confidence, min_per_group=bias_min_per_group
@@ -617,7 +668,11 @@ def finalise(
         output_tokens=state.output_tokens,
         cost_usd=state.cost_nusd / 1e9,
         flags=flags,
-        flag_rates={name: c / n for name, c in flags.items()} if n else {},
+        flag_rates={
+            name: min(1.0, flags.get(name, 0) / denominators[name])
+            for name in rated
+            if denominators[name]
+        },
         groups=groups,
         bias_disparity={d.metric: d.value for d in disparities},
         bias_low={d.metric: d.low for d in disparities},
@@ -625,4 +680,6 @@ def finalise(
         latency_sketch=state.latency_sketch,
         is_final=is_final,
         version=version,
+        scored=scored,
+        sample_rates={name: min(1.0, count / n) for name, count in scored.items()} if n else {},
     )
