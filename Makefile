@@ -43,7 +43,7 @@ e2e: setup
 	$(BIN)/pytest tests/e2e
 
 # The fault suite at full size, by hand (docs/reliability.md): ~25 min, then the 30-minute
-# soak, which needs ~24 GB free for the in-memory broker (`LLM_MONITOR_SOAK_S=600 make faults`
+# soak, which needs ~12 GB free for the in-memory broker (`LLM_MONITOR_SOAK_S=600 make faults`
 # for 10 minutes; FAULTS_ARGS="-k 'not soak'" leaves it out). `make test` runs the short
 # version. Figures: data/faults-long.jsonl, one JSON line per case.
 faults: setup tools
