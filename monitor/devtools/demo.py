@@ -41,6 +41,7 @@ from monitor.ingest.decode import ArrivalBounds, RawMessage, decode_batch
 from monitor.ingest.formats import InputFormat
 from monitor.ingest.genai_mapping import GenAiMapper
 from monitor.ingest.otlp import expand_records
+from monitor.judge.loopback import LoopbackJudge
 from monitor.policy.alertmanager import ALERTNAME
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
@@ -76,6 +77,30 @@ def progress_of(url: str) -> Progressed:
         aggregated=metric_sum(samples, "llm_monitor_aggregate_events_total"),
         embedded=metric_sum(samples, "llm_monitor_embed_batch_events_sum"),
     )
+
+
+JUDGE_ENABLED_ENV = "LLM_MONITOR_JUDGE__ENABLED"
+
+
+def start_demo_judge(env: dict[str, str]) -> LoopbackJudge | None:
+    """A loopback LLM judge for the demo (unless the user configured a judge): it grades a
+    tenth of the events and compares canary and stable answers to the same prompt. It always
+    prefers the first answer shown, so the position swap has something to remove."""
+    if JUDGE_ENABLED_ENV in os.environ:
+        return None
+    judge = LoopbackJudge("demo-judge", first_bias=1.0)
+    url = judge.start_in_thread()
+    env.update({
+        JUDGE_ENABLED_ENV: "true",
+        "LLM_MONITOR_JUDGE__ENDPOINT": f"{url}/v1",
+        "LLM_MONITOR_JUDGE__MODEL": "loopback-judge",
+        "LLM_MONITOR_JUDGE__SAMPLE_RATE": "0.1",
+        "LLM_MONITOR_JUDGE__MIN_PAIRS": "10",
+        "LLM_MONITOR_JUDGE__WINDOW_S": "120",
+        "LLM_MONITOR_JUDGE__LATENESS_S": "0",
+    })  # fmt: skip
+    console.print(f"[bold]judge[/] loopback LLM judge on {url} (position-biased on purpose)")
+    return judge
 
 
 def worker_env(
@@ -281,7 +306,7 @@ def run_demo(
 ) -> None:
     """Run the whole demo; raises MonitorError when something is not accounted for. OTLP
     records go to the spans topic, through the same path as the Collector's."""
-    from monitor.devtools.report import print_actions, print_summary
+    from monitor.devtools.report import print_actions, print_judge, print_summary
 
     topic = settings.kafka.events_topic
     if input_format is InputFormat.OTLP_JSON:
@@ -306,6 +331,7 @@ def run_demo(
     port = free_port()
     worker = None
     alertmanager: LocalAlertmanager | None = None
+    judge: LoopbackJudge | None = None
     demo_policy = start_demo_policy(settings.data_dir)
     try:
         asyncio.run(ensure_topics(bootstrap, pipeline_topics(settings.kafka, [settings.app_id])))
@@ -317,6 +343,7 @@ def run_demo(
             alertmanager = start_demo_alertmanager(settings.data_dir, logs, demo_policy.base)
             if alertmanager is not None:
                 env[ALERTMANAGER_URLS_ENV] = json.dumps([alertmanager.url])
+        judge = start_demo_judge(env)
         semantic = any(env.get(k, "").lower() in ("1", "true", "yes") for k in DEMO_DETECTORS)
         worker = start_worker(env, logs / "worker.log")
         console.print(f"[bold]worker[/] pid {worker.pid}, metrics http://127.0.0.1:{port}/metrics")
@@ -340,6 +367,8 @@ def run_demo(
             stop_worker(worker)
         if alertmanager is not None:
             alertmanager.stop()
+        if judge is not None:
+            judge.stop_thread()
         if broker is not None:
             broker.stop()
         demo_policy.receiver.stop()
@@ -347,3 +376,4 @@ def run_demo(
     print_actions(
         settings, demo_policy.receiver, alertmanager=alertmanager.url if alertmanager else None
     )
+    print_judge(settings)

@@ -267,3 +267,33 @@ def print_actions(settings: Settings, receiver: Receiver, alertmanager: str | No
         console.print(
             f"  llm-monitor incident report {incidents[-1][0]} --data-dir {settings.data_dir}"
         )
+
+
+def print_judge(settings: Settings) -> None:
+    """The LLM judge's grades per model version, and its canary-vs-stable win rates with their
+    bootstrap intervals (nothing when the judge did not run)."""
+    rows = _rows(settings)
+    grades = rows(
+        "SELECT model, model_version, deployment, count(), round(avgIf(grade, NOT parse_error), "
+        "2), countIf(parse_error), any(judge_model) FROM {db:Identifier}.v_judge_grades "
+        "GROUP BY model, model_version, deployment ORDER BY model, model_version, deployment"
+    )
+    if not grades:
+        return
+    console.print(_table(
+        "LLM judge: grades (1-5) of a sample of events",
+        ["model", "version", "deployment", "graded", "mean grade", "parse errors", "judge"],
+        grades,
+    ))  # fmt: skip
+    console.print(_table(
+        "LLM judge: canary vs stable, positions swapped (win rate, 95 % paired bootstrap)",
+        ["model", "canary", "window", "pairs", "wins/ties/losses", "win rate", "interval",
+         "gate"],
+        rows(
+            "SELECT model, canary_version, window_start, pairs, "
+            "concat(toString(wins), '/', toString(ties), '/', toString(losses)), "
+            "round(win_rate, 3), concat('[', toString(round(win_rate_low, 3)), ', ', "
+            "toString(round(win_rate_high, 3)), ']'), gate "
+            "FROM {db:Identifier}.v_judge_pairwise_windows ORDER BY model, window_start"
+        ),
+    ))  # fmt: skip
