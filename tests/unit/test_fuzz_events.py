@@ -118,7 +118,9 @@ def check_fits_columns(event: Event, arrival_ms: int, bounds: ArrivalBounds) -> 
     for key, value in event.extra.items():
         _text(key)
         _text(value)
-        assert _depth(msgspec.json.decode(value)) <= MAX_EXTRA_DEPTH
+        # json, not msgspec: an unknown field is kept as its raw JSON text, and msgspec refuses
+        # numbers beyond a float (1e999) that the text may hold.
+        assert _depth(json.loads(value)) <= MAX_EXTRA_DEPTH
     msgspec.msgpack.encode(event)  # what the score role publishes must encode
 
 
