@@ -51,6 +51,11 @@ class KafkaSettings(BaseModel):
         description="OTLP traces from the Collector's Kafka exporter (protobuf or JSON): one "
         "event per GenAI span (docs/otlp.md); empty: no span ingest",
     )
+    otlp_logs_topic: str = Field(
+        default="otlp_logs",
+        description="where findings go as OTLP log records (gen_ai.evaluation.result) when "
+        "otlp.publish_evaluations is on; the Collector's Kafka receiver reads otlp_logs",
+    )
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     session_timeout_s: float = Field(default=8.0, gt=0)
@@ -109,13 +114,19 @@ class PipelineSettings(BaseModel):
 
 
 class OtlpSettings(BaseModel):
-    """Span ingest (the ``score`` role reads ``kafka.otlp_spans_topic``): how spans map."""
+    """Span ingest (the ``score`` role reads ``kafka.otlp_spans_topic``): how spans map; and
+    findings out as OTLP log records (the ``sink`` role's workers publish them)."""
 
     mapping: SpanMapping = Field(
         default_factory=SpanMapping, description="GenAI span -> event table (docs/otlp.md)"
     )
     batch_records: int = Field(
         default=100, ge=1, le=100_000, description="OTLP records per batch (each holds spans)"
+    )
+    publish_evaluations: bool = Field(
+        default=False,
+        description="publish every finding as an OTLP log record (the GenAI event "
+        "gen_ai.evaluation.result) to kafka.otlp_logs_topic, for the Collector (docs/otlp.md)",
     )
 
 

@@ -77,12 +77,14 @@ class Metrics:
     rollout_stage: Gauge
     policy_rule: Gauge
     killswitch_engaged: Gauge
+    budget_spent_ratio: Gauge
     actions: Counter
     webhook_attempts: Counter
     killswitch_api_calls: Counter
     incident_evidence: Counter
     alertmanager_pushes: Counter
     otlp_spans: Counter
+    otlp_evaluations: Counter
     judge_requests: Counter
     judge_shed: Counter
     judge_cost_usd: Counter
@@ -106,6 +108,8 @@ EVIDENCE_OUTCOMES = ("copied", "failed")
 PUSH_OUTCOMES = ("delivered", "retrying", "gave_up")
 QUARANTINE_REASONS = ("unreadable", "refused")
 OTLP_SPAN_OUTCOMES = ("event", "ignored")  # a GenAI span's event, or a span left out
+# A finding published as an OTLP log record, or a scored record that did not decode.
+OTLP_EVALUATION_OUTCOMES = ("published", "undecodable")
 # Reasons of llm_monitor_internal_dead_letters_total (records of internal topics).
 REASON_UNDECODABLE = "undecodable"  # the record does not decode
 REASON_UNPROCESSABLE = "unprocessable"  # it decodes, but processing it fails
@@ -139,6 +143,8 @@ def initialise(metrics: Metrics) -> None:
         metrics.spool_quarantined.labels(reason)
     for outcome in OTLP_SPAN_OUTCOMES:
         metrics.otlp_spans.labels(outcome)
+    for outcome in OTLP_EVALUATION_OUTCOMES:
+        metrics.otlp_evaluations.labels(outcome)
 
 
 def create_metrics(registry: CollectorRegistry, *, max_label_values: int = 200) -> Metrics:
@@ -338,6 +344,11 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             "1 while the kill switch of a model/deployment is engaged.",
             ("model", "deployment"),
         ),
+        budget_spent_ratio=gauge(
+            "llm_monitor_budget_spent_ratio",
+            "Spend in a policy budget's current period over its limit (1 = the limit).",
+            ("budget", "model"),
+        ),
         actions=counter(
             "llm_monitor_actions", "Actions published (rollback, kill, resume).", ("action",)
         ),
@@ -365,6 +376,12 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             "llm_monitor_otlp_spans",
             "Spans read from the OTLP topic: 'event' (a GenAI span, one event each) or "
             "'ignored' (any other span).",
+            ("outcome",),
+        ),
+        otlp_evaluations=counter(
+            "llm_monitor_otel_evaluations",
+            "Findings published as OTLP log records (gen_ai.evaluation.result) to the OTLP logs "
+            "topic: 'published'; scored records that did not decode: 'undecodable'.",
             ("outcome",),
         ),
         judge_requests=counter(

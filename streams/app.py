@@ -5,7 +5,8 @@ topic when a semantic detector is on; also reads OTLP spans, one event per GenAI
 streams/spans.py), ``embed`` (embedding-backed detectors, on a GPU when
 there is one), ``aggregate`` (windows in a changelog-backed table), ``sink`` (ClickHouse),
 ``judge`` (LLM-as-judge grading and pairwise canary-vs-stable, when ``judge.enabled``:
-streams/judge.py).
+streams/judge.py). With ``otlp.publish_evaluations`` on, the ``sink`` role's workers also
+publish every finding as an OTLP log record (streams/evaluations.py).
 ``all`` runs every role in one worker. Each role's module (streams/score.py, embed.py,
 aggregate.py, policy.py, sink.py) only moves batches between Kafka and ``monitor``; the logic
 lives there.
@@ -24,6 +25,7 @@ from monitor.errors import ConfigError
 from monitor.metrics import create_metrics
 from streams.aggregate import add_aggregate_role
 from streams.embed import add_embed_role
+from streams.evaluations import add_evaluations_publisher, check_evaluations
 from streams.judge import add_judge_role, check_judge
 from streams.policy import add_policy_role, api_token
 from streams.policy_api import add_policy_api
@@ -71,6 +73,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         add_policy_api(app, role, api_token(settings))
     if "sink" in roles:
         add_sink_role(app, settings, metrics, topics)
+        if settings.otlp.publish_evaluations:
+            add_evaluations_publisher(app, settings, metrics)
     if "judge" in roles and settings.judge.enabled:
         add_judge_role(app, settings, metrics, topics)
     add_views(app, settings, metrics)
@@ -91,6 +95,7 @@ def check_roles(settings: Settings) -> None:
             "(e.g. LLM_MONITOR_DETECTORS__TOXICITY__ENABLED=true) or drop the embed role."
         )
     check_judge(settings)
+    check_evaluations(settings)
 
 
 def faust_app(settings: Settings) -> faust.App:

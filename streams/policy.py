@@ -49,6 +49,7 @@ GAUGE_INTERVAL_S = 1.0
 # The kill switches and the incidents share one table (and its changelog topic): kill switches
 # under "<model>/<deployment>", incidents under this prefix and the same.
 INCIDENT_PREFIX = "incident|"
+BUDGET_PREFIX = "budget|"  # the budgets' periods (monitor/policy/budgets.py)
 # Rules the engine judges in milliseconds; their gauges are exported in base units.
 MILLISECOND_RULES = frozenset({"rollback.p99_latency"})
 MS_TO_SECONDS = 0.001
@@ -85,7 +86,7 @@ def check_policy(settings: Settings) -> Policy:
     """Load the policy and refuse webhooks without a signing secret."""
     policy = load_policy(settings.policy.file)
     hooks = policy.webhooks
-    named = hooks.rollback or hooks.kill or hooks.resume or hooks.promote
+    named = hooks.rollback or hooks.kill or hooks.resume or hooks.promote or hooks.budget
     if named and settings.policy.webhook_secret is None:
         raise ConfigError(
             "policy.webhook_secret is not set but the policy names webhooks: they must be "
@@ -159,7 +160,10 @@ def add_policy_role(
         "killswitch", default=None, key_type=str, value_type=str, partitions=k.partitions
     )
     with_table_codec(table, metrics.changelog_skipped.labels("killswitch").inc)
-    engine = PolicyEngine(policy, _Table(table), incidents=_Table(table, INCIDENT_PREFIX))
+    engine = PolicyEngine(
+        policy, _Table(table), incidents=_Table(table, INCIDENT_PREFIX),
+        budgets=_Table(table, BUDGET_PREFIX),
+    )  # fmt: skip
     role = PolicyRole(
         policy, engine, metrics,
         records_out=topics[k.policy_topic], actions_out=topics[k.actions_topic],
@@ -268,12 +272,17 @@ def export_policy_state(engine: PolicyEngine, policy: Policy, metrics: Metrics) 
                              ("high", e.bound.high), ("threshold", e.threshold)):  # fmt: skip
             metrics.policy_rule.labels(*series, rule, bound).set(value * scale)
         metrics.policy_rule.labels(*series, rule, "n").set(e.n)
+    for spend in engine.budget_spend():
+        metrics.budget_spent_ratio.labels(
+            metrics.guard("budget", spend.budget), metrics.guard("model", spend.model)
+        ).set(spend.ratio)
 
 
 class _Table(MutableMapping[str, str]):
     """A faust table as a mapping of JSON text, the shape the engine keeps its switches and
     incidents in. ``prefix`` picks a key space: "" the kill switches (every key without
-    ``INCIDENT_PREFIX``), ``INCIDENT_PREFIX`` the incidents."""
+    ``INCIDENT_PREFIX`` or ``BUDGET_PREFIX``), ``INCIDENT_PREFIX`` the incidents,
+    ``BUDGET_PREFIX`` the budgets' periods."""
 
     def __init__(self, table: Any, prefix: str = "") -> None:
         self._table = table
@@ -282,7 +291,7 @@ class _Table(MutableMapping[str, str]):
     def _mine(self, key: str) -> bool:
         if self._prefix:
             return key.startswith(self._prefix)
-        return not key.startswith(INCIDENT_PREFIX)
+        return not key.startswith((INCIDENT_PREFIX, BUDGET_PREFIX))
 
     def __getitem__(self, key: str) -> str:
         value = self._table[self._prefix + key]

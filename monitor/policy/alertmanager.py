@@ -6,7 +6,8 @@ route's ``group_wait``. The policy role also pushes each incident to Alertmanage
 silences and inhibitions and still hear within a second:
 
 - one alert per incident: labels ``alertname=LLMMonitorIncident``, ``incident_id``,
-  ``model``, ``deployment``, ``severity`` (``page`` for a rollback, ``critical`` for a kill)
+  ``model``, ``deployment``, ``severity`` (``page`` for a rollback, ``critical`` for a kill,
+  ``warning`` for a budget threshold)
   and ``rule`` (the rule that set that level), plus the configured static labels (``team``);
   annotations ``summary``, ``description`` (the evidence: each rule that fired or resolved,
   with observed value, bound, threshold and n), ``runbook_url`` and ``timeline``;
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 ALERTNAME = "LLMMonitorIncident"
 API_PATH = "/api/v2/alerts"
-SEVERITY = {"rollback": "page", "kill": "critical"}
+SEVERITY = {"rollback": "page", "kill": "critical", "budget": "warning"}
 TTL_INTERVALS = 4  # a firing alert's endsAt, in re-send intervals ahead (Prometheus: 4)
 RETRYABLE = frozenset({408, 429})
 TIMELINE_LINES = 20
@@ -74,9 +75,16 @@ def _line(entry: TimelineEntry) -> str:
     return f"{at} {entry.kind}{rule}{version}"
 
 
+def _subject(incident: Incident) -> str:
+    """What the incident is about: the action and its target (a budget names its model)."""
+    if not incident.deployment:
+        return f"{incident.action} of {incident.model}"
+    return f"{incident.action} of {incident.model} {incident.model_version} ({incident.deployment})"
+
+
 def evidence(incident: Incident) -> str:
     """What the incident rests on: each rule's verdict as it fired (or resolved)."""
-    head = f"{incident.action} of {incident.model} {incident.model_version} ({incident.deployment})"
+    head = _subject(incident)
     lines = [f"{head}, {incident.status}. Rules: {', '.join(incident.rules)}."]
     lines += [
         f"- {entry.kind}: {entry.detail}"
@@ -100,8 +108,7 @@ def incident_alerts(
     else:
         ends = max(incident.resolved_at_ms / 1000, starts)
     annotations = {
-        "summary": f"{incident.action} of {incident.model} {incident.model_version} "
-        f"({incident.deployment}): {rule}",
+        "summary": f"{_subject(incident)}: {rule}",
         "description": evidence(incident),
         "runbook_url": settings.runbook_url,
         "incident_id": incident.incident_id,

@@ -99,8 +99,40 @@ class Webhooks(_Strict):
     kill: list[str] = Field(default_factory=list)
     resume: list[str] = Field(default_factory=list)
     promote: list[str] = Field(default_factory=list, description="rollout stage advanced")
+    budget: list[str] = Field(default_factory=list, description="a budget threshold crossed")
     deadline_s: float = Field(default=3600.0, gt=0, description="retry until, then give up")
     timeout_s: float = Field(default=5.0, gt=0)
+
+
+BudgetMetric = Literal["cost_usd", "input_tokens", "output_tokens", "total_tokens"]
+BudgetPeriod = Literal["hour", "day", "month"]
+
+
+class Budget(_Strict):
+    """A token or cost budget per calendar period (UTC): one alert per threshold per period.
+
+    Spend is summed per model, over the windows of every series whose model matches ``model``
+    (a glob) and whose deployment is in ``deployments`` (empty: all). Per model, since the
+    policy role's windows are partitioned by model: a worker sees all of a model's spend."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)
+    model: str = Field(default="*", min_length=1, description="exact name or glob")
+    deployments: list[str] = Field(default_factory=list, description="empty: every deployment")
+    metric: BudgetMetric = "cost_usd"
+    period: BudgetPeriod = "day"
+    limit: float = Field(gt=0, description="in the metric's unit (USD or tokens) per period")
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.8, 1.0], min_length=1, description="shares of limit"
+    )
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _thresholds_valid(self) -> Budget:
+        if any(not 0 < t <= 10 for t in self.thresholds):
+            raise ValueError("thresholds are shares of the limit, each in (0, 10], e.g. 0.8")
+        if self.thresholds != sorted(set(self.thresholds)):
+            raise ValueError("thresholds must be distinct and in increasing order")
+        return self
 
 
 class Policy(_Strict):
@@ -132,6 +164,7 @@ class Policy(_Strict):
     )
     dry_run: bool = False
     webhooks: Webhooks = Field(default_factory=Webhooks)
+    budgets: list[Budget] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _deployments_disjoint(self) -> Policy:
@@ -144,6 +177,9 @@ class Policy(_Strict):
         percents = [s.traffic_percent for s in self.stages]
         if percents != sorted(percents):
             raise ValueError("stages must be in increasing traffic_percent order")
+        names = [b.name for b in self.budgets]
+        if len(names) != len(set(names)):
+            raise ValueError("budget names must be unique (they name the rules and metrics)")
         return self
 
 

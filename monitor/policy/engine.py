@@ -30,6 +30,11 @@ escalates it (one kill webhook); it resolves when every attached rule has resolv
 deployment's windows have stayed quiet for ``incident_resolve_after_s``, with no kill switch
 holding the deployment. Incidents live in a second caller-supplied mapping, with the
 firing state of their rules, so a restart neither forgets the episode nor re-sends its actions.
+
+Token and cost budgets (monitor/policy/budgets.py) count every window snapshot into their
+calendar periods and fire ``budget.<name>.<percent>`` once per threshold per period, as
+alert-only incidents of their own (never grouped with, and never holding back, a rollback);
+their state lives in a third caller-supplied mapping.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from detectors.bias import group_disparities
+from monitor.policy.budgets import BudgetBook, BudgetSpend
 from monitor.policy.config import CountRule, Policy, RateRule
 from monitor.policy.grouping import (
     RESOLVED,
@@ -210,11 +216,13 @@ class PolicyEngine:
         killswitch: MutableMapping[str, str] | None = None,
         *,
         incidents: MutableMapping[str, str] | None = None,
+        budgets: MutableMapping[str, str] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.policy = policy
         self.killswitch_store: MutableMapping[str, str] = {} if killswitch is None else killswitch
         self.incidents = IncidentBook(incidents)
+        self.budgets = BudgetBook(policy, budgets, clock=clock)
         self._clock = clock
         self._windows: dict[Series, dict[int, WindowStats]] = {}
         self._rules: dict[tuple[Series, str], RuleState] = {}
@@ -300,8 +308,14 @@ class PolicyEngine:
     # -- incidents -----------------------------------------------------------------------------
 
     def open_incidents(self) -> list[Incident]:
-        """The open incidents' rows (Alertmanager re-sends them while they fire)."""
-        return [state.record() for state in self.incidents.all() if state.is_open]
+        """The open incidents' rows (Alertmanager re-sends them while they fire), budget
+        incidents included."""
+        rows = [state.record() for state in self.incidents.all() if state.is_open]
+        return rows + self.budgets.open_incidents()
+
+    def budget_spend(self) -> list[BudgetSpend]:
+        """Each budget's spend per model in its newest period (for the gauges)."""
+        return self.budgets.spend()
 
     def _open(
         self, series: Series, rule: str, action: str, key: str, at: int, reason: str,
@@ -397,6 +411,8 @@ class PolicyEngine:
         ``evaluation_windows`` windows ending at that window. A snapshot of an older window
         (late evidence, e.g. semantic findings from a lagging embed worker) is judged with
         its own neighbours, not drowned by the newest windows."""
+        spent = self.budgets.observe(stats)  # every snapshot counts, however old its window
+        out = EngineOutput(spent.decisions, spent.actions, incidents=spent.incidents)
         series = (stats.model, stats.model_version, stats.deployment)
         windows = self._windows.setdefault(series, {})
         windows[stats.window_start_ms] = stats
@@ -404,10 +420,9 @@ class PolicyEngine:
             del windows[start]
         span = [w for start, w in sorted(windows.items()) if start <= stats.window_start_ms]
         if not span:  # older than every window kept: history, not news
-            return EngineOutput()
+            return out
         merged = Merged.of(span[-self.policy.evaluation_windows :])
         self._last_merged[series] = merged
-        out = EngineOutput()
         for evaluation in self._evaluate(series, merged):
             out.extend(self._transition(series, merged, evaluation))
         if stats.deployment in self.policy.canary_deployments and self.policy.stages:

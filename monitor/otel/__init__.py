@@ -1,0 +1,1 @@
+"""OpenTelemetry out: what the monitor concludes, in the GenAI semantic conventions."""
