@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -131,40 +131,72 @@ def _with_findings(rows: list[EventRow], batch: ScoredBatch) -> ScoredBatch:
     )
 
 
-def add_score_role(
-    app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
-) -> None:
-    k = settings.kafka
-    pipeline = Pipeline(
+def score_pipeline(settings: Settings) -> Pipeline:
+    """The score role's pipeline (span ingest, streams/spans.py, scores with the same)."""
+    p = settings.pipeline
+    return Pipeline(
         build_registry(settings),
         redact_pii=settings.storage.redact,
-        max_event_bytes=settings.pipeline.max_event_bytes,
-        window_s=settings.pipeline.window_s,
-        bounds=ArrivalBounds.of(settings.pipeline),
+        max_event_bytes=p.max_event_bytes,
+        window_s=p.window_s,
+        bounds=ArrivalBounds.of(p),
     )
-    dlq, scored, partials = topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic]
-    embed = topics[k.embed_topic] if settings.detectors.semantic_enabled else None
 
-    async def score(messages: list[RawMessage]) -> None:
-        parts = await asyncio.to_thread(prepare, pipeline, messages)
+
+@dataclass(frozen=True)
+class ScoreOutputs:
+    """Where scored parts go: the DLQ, the scored and partials topics, and the embed topic
+    when a semantic detector is on."""
+
+    dlq: Any
+    scored: Any
+    partials: Any
+    embed: Any | None
+
+    @classmethod
+    def of(cls, settings: Settings, topics: dict[str, Any]) -> ScoreOutputs:
+        k = settings.kafka
+        embed = topics[k.embed_topic] if settings.detectors.semantic_enabled else None
+        return cls(topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic], embed)
+
+    async def send(
+        self,
+        parts: Sequence[Part],
+        messages: Sequence[RawMessage],
+        headers: Callable[[RawMessage], dict[str, bytes]],
+    ) -> list[Any]:
+        """Send every record of ``parts`` and forward ``messages`` that did not become dead
+        letters to the embed topic (same partition, ``headers`` naming their origin); returns
+        the send futures, to ``deliver`` before offsets commit."""
         sends = []
         for part in parts:
             for key, value in part.dead_letters:
-                sends.append(await dlq.send(key=key, value=value))
+                sends.append(await self.dlq.send(key=key, value=value))
             for value in part.scored:
-                sends.append(await scored.send(value=value))
+                sends.append(await self.scored.send(value=value))
             for key, value in part.partials:
-                sends.append(await partials.send(key=key, value=value))
-        if embed is not None:
+                sends.append(await self.partials.send(key=key, value=value))
+        if self.embed is not None:
             dead = {(d.partition, d.offset) for p in parts for d in p.result.dead_letters}
             for m in messages:
                 if (m.partition, m.offset) not in dead:
-                    sends.append(await embed.send(
-                        key=m.key, value=m.value, partition=m.partition,
-                        headers=forward_headers(m),
+                    sends.append(await self.embed.send(
+                        key=m.key, value=m.value, partition=m.partition, headers=headers(m),
                     ))  # fmt: skip
-        await deliver(sends)
+        return sends
+
+
+def add_score_role(
+    app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
+) -> None:
+    pipeline = score_pipeline(settings)
+    outputs = ScoreOutputs.of(settings, topics)
+
+    async def score(messages: list[RawMessage]) -> None:
+        parts = await asyncio.to_thread(prepare, pipeline, messages)
+        await deliver(await outputs.send(parts, messages, forward_headers))
         for part in parts:
             observe_scoring(metrics, part.received, part.result)
 
-    run_with_app(app, BatchConsumer(settings, app.conf.id, k.events_topic, score, metrics))
+    events = settings.kafka.events_topic
+    run_with_app(app, BatchConsumer(settings, app.conf.id, events, score, metrics))

@@ -22,15 +22,14 @@ import faust
 import msgspec
 
 from monitor.config import Settings
-from monitor.ingest.decode import ArrivalBounds, RawMessage
+from monitor.ingest.decode import RawMessage
 from monitor.ingest.genai_mapping import GenAiMapper
 from monitor.ingest.otlp import REASON_INVALID_OTLP, SpanBatch, expand_records
 from monitor.metrics import Metrics
 from monitor.scoring.pipeline import Pipeline
-from monitor.scoring.registry import build_registry
 from streams.kafka import deliver, forward_headers_from, raw_message
 from streams.observe import observe_scoring
-from streams.score import Part, prepare
+from streams.score import Part, ScoreOutputs, prepare, score_pipeline
 
 _json = msgspec.json.Encoder()
 
@@ -64,16 +63,9 @@ def add_span_ingest(
 ) -> None:
     """The span-ingest agent on ``kafka.otlp_spans_topic``, with the score role's outputs."""
     k, p = settings.kafka, settings.pipeline
-    pipeline = Pipeline(
-        build_registry(settings),
-        redact_pii=settings.storage.redact,
-        max_event_bytes=p.max_event_bytes,
-        window_s=p.window_s,
-        bounds=ArrivalBounds.of(p),
-    )
+    pipeline = score_pipeline(settings)
     mapper = GenAiMapper(settings.otlp.mapping)
-    dlq, scored, partials = topics[k.dlq_topic], topics[k.scored_topic], topics[k.partials_topic]
-    embed = topics[k.embed_topic] if settings.detectors.semantic_enabled else None
+    outputs = ScoreOutputs.of(settings, topics)
     metrics.dead_letters.labels(REASON_INVALID_OTLP)  # zero, for rates and alerts
 
     async def handle(messages: list[RawMessage]) -> None:
@@ -81,24 +73,10 @@ def add_span_ingest(
             prepare_spans, pipeline, mapper, messages, p.batch_size
         )
         sends = [
-            await dlq.send(key=letter.key, value=_json.encode(letter))
+            await outputs.dlq.send(key=letter.key, value=_json.encode(letter))
             for letter in batch.dead_letters
         ]
-        for part in parts:
-            for key, value in part.dead_letters:
-                sends.append(await dlq.send(key=key, value=value))
-            for value in part.scored:
-                sends.append(await scored.send(value=value))
-            for key, value in part.partials:
-                sends.append(await partials.send(key=key, value=value))
-        if embed is not None:
-            dead = {(d.partition, d.offset) for part in parts for d in part.result.dead_letters}
-            for m in batch.messages:
-                if (m.partition, m.offset) not in dead:
-                    sends.append(await embed.send(
-                        key=m.key, value=m.value, partition=m.partition,
-                        headers=forward_headers_from(m),
-                    ))  # fmt: skip
+        sends += await outputs.send(parts, batch.messages, forward_headers_from)
         await deliver(sends)
         observe_spans(metrics, batch)
         for part in parts:
