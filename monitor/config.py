@@ -250,7 +250,11 @@ class EmbeddingSettings(BaseModel):
         default=None, description="exported ONNX models; unset: ~/.cache/llm-monitor/onnx"
     )
     tokenizer_processes: int | None = Field(
-        default=None, ge=0, le=64, description="tokenizer processes feeding the model; 0 threads"
+        default=None,
+        ge=0,
+        le=64,
+        description="tokenizer processes feeding the model; 0: threads; unset: 8 on CUDA (at "
+        "most half the cores), threads on CPU",
     )
 
     _model_dir = field_validator("model_path")(_existing_dir)

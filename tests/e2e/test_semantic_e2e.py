@@ -4,6 +4,7 @@ score, aggregate and sink: semantic findings reach ClickHouse, windows and metri
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -14,21 +15,28 @@ from tests.e2e.test_pipeline_e2e import query, scalar, split, stored
 
 pytestmark = pytest.mark.e2e
 
+WINDOW_S = 300
 SEMANTIC = {
     **{
         f"LLM_MONITOR_DETECTORS__{name}__ENABLED": "true"
         for name in ("TOXICITY", "HALLUCINATION", "INJECTION", "BIAS", "DRIFT")
     },
     # Every role must cut the same windows; five-minute ones hold enough of each bias group.
-    "LLM_MONITOR_PIPELINE__WINDOW_S": "300",
+    "LLM_MONITOR_PIPELINE__WINDOW_S": f"{WINDOW_S}",
+    # Read by the embed role, which runs the drift tests: a short reference per version.
+    "LLM_MONITOR_DETECTORS__DRIFT__REFERENCE_EVENTS": "50",
 }
 
 
 def test_embed_role_scales_apart_and_lands_in_the_same_tables(workers: WorkerHarness) -> None:
-    records = list(generate_events(3000, seed=21, bad_fraction=0.0))
+    # Three whole windows, whatever the clock: a version's drift test runs on a window when
+    # its next window begins, so the first two are tested however partitions interleave.
+    end_ms = int(time.time()) // WINDOW_S * WINDOW_S * 1000
+    records = list(
+        generate_events(3000, seed=21, bad_fraction=0.0, duration_s=3 * WINDOW_S, end_ms=end_ms)
+    )
     valid, _ = split(records)
-    workers.env_overrides.update({**SEMANTIC, "LLM_MONITOR_ROLES": '["score","aggregate","sink"]',
-                                  "LLM_MONITOR_DETECTORS__DRIFT__REFERENCE_EVENTS": "50"})  # fmt: skip
+    workers.env_overrides.update({**SEMANTIC, "LLM_MONITOR_ROLES": '["score","aggregate","sink"]'})
     workers.start()
     embed = WorkerHarness(workers.bootstrap, workers.data_dir, app_id=workers.app_id)
     embed.env_overrides.update({**SEMANTIC, "LLM_MONITOR_ROLES": '["embed"]',

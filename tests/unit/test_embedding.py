@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.embedding import EmbeddingService, default_model_path
+from detectors.embedding import EmbeddingService, default_model_path, default_tokenizer_processes
 
 TEXTS = [
     "The capital of France is Paris.",
@@ -125,3 +125,15 @@ def test_tokenizer_processes_give_the_same_vectors(cpu_embeddings: EmbeddingServ
         np.testing.assert_allclose(service.encode(texts), cpu_embeddings.encode(texts), atol=1e-6)
     finally:
         service.close()
+
+
+def test_cuda_tokenizer_processes_are_capped_by_the_hosts_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_tokenizer_processes(8) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert default_tokenizer_processes(8) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # one core for tokenizing: use threads
+    assert default_tokenizer_processes(8) == 0
+    assert default_tokenizer_processes(0) == 0
