@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -351,6 +359,62 @@ class SamplingSettings(BaseModel):
     )
 
 
+ShadowName = Literal["pii", "latency_errors", "toxicity", "hallucination", "injection"]
+# The settings of each detector a shadow can be a candidate of; the embedding-backed ones run
+# in the embed role, the others in the score role.
+SHADOW_SETTINGS: dict[str, type[BaseModel]] = {
+    "pii": PiiSettings,
+    "latency_errors": LatencyErrorsSettings,
+    "toxicity": ToxicitySettings,
+    "hallucination": HallucinationSettings,
+    "injection": InjectionSettings,
+}
+SEMANTIC_SHADOWS = frozenset({"toxicity", "hallucination", "injection"})
+SHADOW_SUFFIX = "-shadow"
+
+
+class ShadowDetector(BaseModel):
+    """A candidate configuration of a detector, scoring live traffic beside the live one
+    (docs/history.md, Shadow mode): built from ``detectors.<detector>`` with ``settings``
+    applied on top, switched on whatever ``enabled`` says. Its findings are stored in
+    ``findings_versions`` under ``version``; never in ``findings``, the windows or the policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: ShadowName
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._+:@-]+$",
+        description="detector_version of its findings; unset: the detector's version + -shadow",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what differs from the live detector's settings, e.g. {threshold: 0.3}",
+    )
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> ShadowDetector:
+        model = SHADOW_SETTINGS[self.detector]
+        if "enabled" in self.settings:
+            raise ValueError("settings.enabled: a shadow always runs; remove it")
+        unknown = sorted(set(self.settings) - set(model.model_fields))
+        if unknown:
+            known = ", ".join(n for n in model.model_fields if n != "enabled")
+            raise ValueError(f"settings: {self.detector} has no {unknown}; it has: {known}")
+        try:
+            model.model_validate(self.settings)
+        except ValidationError as exc:
+            raise ValueError(
+                "; ".join(
+                    f"settings.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                    for e in exc.errors()
+                )
+            ) from exc
+        return self
+
+
 class DetectorsSettings(BaseModel):
     pii: PiiSettings = Field(default_factory=PiiSettings)
     latency_errors: LatencyErrorsSettings = Field(default_factory=LatencyErrorsSettings)
@@ -361,6 +425,26 @@ class DetectorsSettings(BaseModel):
     bias: BiasSettings = Field(default_factory=BiasSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    shadow: list[ShadowDetector] = Field(
+        default_factory=list,
+        description="candidate detector configurations scored beside the live ones, stored "
+        "in findings_versions only (docs/history.md, Shadow mode)",
+    )
+
+    @field_validator("shadow")
+    @classmethod
+    def _versions_apart(cls, value: list[ShadowDetector]) -> list[ShadowDetector]:
+        seen: set[tuple[str, str | None]] = set()
+        for shadow in value:
+            key = (shadow.detector, shadow.version)
+            if key in seen:
+                label = repr(shadow.version) if shadow.version else f"<version>{SHADOW_SUFFIX}"
+                raise ValueError(
+                    f"two shadows of {shadow.detector} would store their findings under "
+                    f"{label}; give each a version of its own"
+                )
+            seen.add(key)
+        return value
 
     @property
     def semantic_enabled(self) -> bool:
@@ -368,7 +452,17 @@ class DetectorsSettings(BaseModel):
         return any(
             d.enabled
             for d in (self.toxicity, self.hallucination, self.injection, self.bias, self.drift)
-        )
+        ) or any(s.detector in SEMANTIC_SHADOWS for s in self.shadow)
+
+    def candidate(self, shadow: ShadowDetector) -> DetectorsSettings:
+        """What builds ``shadow``'s detector: these settings with its detector configured as the
+        live one plus the shadow's ``settings``, switched on, every other detector off (so a
+        registry builds that one alone) and no shadows."""
+        live = getattr(self, shadow.detector)
+        tuned = type(live).model_validate(live.model_dump() | shadow.settings | {"enabled": True})
+        switches = [n for n in type(self).model_fields if hasattr(getattr(self, n), "enabled")]
+        off = {n: getattr(self, n).model_copy(update={"enabled": False}) for n in switches}
+        return self.model_copy(update=off | {shadow.detector: tuned, "shadow": []})
 
 
 class JudgeSettings(BaseModel):
@@ -521,12 +615,17 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
-        env_name = ENV_PREFIX + "__".join(loc).upper()
         dotted = ".".join(loc)
         given = error.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        lines.append(
-            f"  {dotted}: {error['msg']}{shown}. Fix: set {env_name} "
-            f"or '{dotted}' in the config file to a valid value."
-        )
+        item = next((i for i, part in enumerate(error["loc"]) if isinstance(part, int)), None)
+        if item is None:
+            fix = f"set {ENV_PREFIX + '__'.join(loc).upper()} or '{dotted}' in the config file"
+        else:  # a list is set whole: its variable holds JSON
+            env_name, path = ENV_PREFIX + "__".join(loc[:item]).upper(), ".".join(loc[:item])
+            fix = (
+                f"correct item {loc[item]} of {env_name} (a JSON list) or of '{path}' in the "
+                "config file"
+            )
+        lines.append(f"  {dotted}: {error['msg']}{shown}. Fix: {fix} to a valid value.")
     return "\n".join(lines)

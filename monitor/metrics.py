@@ -69,6 +69,9 @@ class Metrics:
     embed_cache_hits: Counter
     embed_batch_seconds: Histogram
     detector_sample_rate: Gauge
+    shadow_findings: Counter
+    shadow_failures: Counter
+    shadow_seconds: Histogram
     embed_backlog_seconds: Gauge
     window_bias_disparity: Gauge
     drift_signals: Counter
@@ -100,7 +103,7 @@ class Metrics:
         return (g("model", model), g("model_version", version), g("deployment", deployment))
 
 
-SINK_TABLES = ("events", "findings", "windows", "dead_letters", "policy")
+SINK_TABLES = ("events", "findings", "findings_versions", "windows", "dead_letters", "policy")
 ACTIONS = ("rollback", "kill", "resume", "promote")
 ATTEMPT_OUTCOMES = ("delivered", "retrying", "gave_up")
 API_OUTCOMES = ("ok", "unauthorized", "invalid", "disabled")
@@ -304,6 +307,25 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             "llm_monitor_detector_sample_rate",
             "Fraction of events a semantic detector scores now (docs/sampling.md).",
             ("detector",),
+        ),
+        shadow_findings=counter(
+            "llm_monitor_shadow_findings",
+            "Findings of shadow detectors (candidate versions beside the live ones), by "
+            "detector, the version they are stored under in findings_versions, and flagged "
+            "(true, false). Never counted in windows, the policy or the live detector metrics.",
+            ("detector", "detector_version", "flagged"),
+        ),
+        shadow_failures=counter(
+            "llm_monitor_shadow_failures",
+            "Batches a shadow detector failed on (logged; the live verdicts are unaffected).",
+            ("detector", "detector_version"),
+        ),
+        shadow_seconds=Histogram(
+            "llm_monitor_shadow_duration_seconds",
+            "Time a shadow detector spent on one batch: what promoting it would cost.",
+            ("detector", "detector_version"),
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+            registry=registry,
         ),
         embed_backlog_seconds=gauge(
             "llm_monitor_embed_backlog_seconds",

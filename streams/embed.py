@@ -37,7 +37,7 @@ from streams.kafka import (
     raw_message,
     send_internal_dead_letter,
 )
-from streams.observe import observe_semantic
+from streams.observe import expose_shadows, observe_semantic
 
 log = logging.getLogger(__name__)
 _msgpack = msgspec.msgpack.Encoder()
@@ -56,6 +56,7 @@ def add_embed_role(
     metrics.internal_dead_letters.labels(k.embed_topic, REASON_UNDECODABLE)  # zero for alerts
     for name in scorer.names:
         metrics.detector_sample_rate.labels(name).set(scorer.sampler.rate(name))
+    expose_shadows(metrics, scorer.shadows)
 
     @app.agent(topics[k.embed_topic], name="embed")
     async def embed(stream: Any) -> None:
@@ -85,7 +86,7 @@ def add_embed_role(
             result = await embeddings.run_on_model_thread(scorer.process, events, forwarded.sources)
             metrics.embed_batch_seconds.observe(time.perf_counter() - started)
             sends = []
-            if result.scored.findings:
+            if result.scored.findings or result.scored.shadow:
                 sends.append(await scored.send(value=_msgpack.encode(result.scored)))
             for part in result.partials:
                 sends.append(

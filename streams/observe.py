@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from detectors.drift import DRIFT_DETECTOR
 from monitor.metrics import Metrics
 from monitor.scoring.pipeline import PipelineResult
 from monitor.scoring.rows import FindingRow
 from monitor.scoring.semantic import SemanticResult
+from monitor.scoring.shadow import Shadow, ShadowResult
 from monitor.windows.stats import WindowStats
 
 
@@ -22,6 +25,7 @@ def observe_scoring(metrics: Metrics, received: int, result: PipelineResult) -> 
     for name, seconds in result.detector_seconds.items():
         metrics.detector_seconds.labels(name).observe(seconds)
     observe_findings(metrics, result.scored.findings)
+    observe_shadows(metrics, result.scored.shadow, result.shadow)
 
 
 def observe_semantic(
@@ -33,6 +37,26 @@ def observe_semantic(
     for name, seconds in result.detector_seconds.items():
         metrics.detector_seconds.labels(name).observe(seconds)
     observe_findings(metrics, result.scored.findings)
+    observe_shadows(metrics, result.scored.shadow, result.shadow)
+
+
+def expose_shadows(metrics: Metrics, shadows: Sequence[Shadow]) -> None:
+    """Zero-valued series for every shadow a role runs, so rates start with its first finding."""
+    for shadow in shadows:
+        for flagged in ("true", "false"):
+            metrics.shadow_findings.labels(*shadow.key, flagged)
+        metrics.shadow_failures.labels(*shadow.key)
+
+
+def observe_shadows(metrics: Metrics, rows: list[FindingRow], result: ShadowResult) -> None:
+    """The shadows' own metrics: never the live detectors' (the policy's alerts read those)."""
+    for row in rows:
+        f = row.finding
+        metrics.shadow_findings.labels(f.detector, f.detector_version, str(f.flagged).lower()).inc()
+    for key, seconds in result.seconds.items():
+        metrics.shadow_seconds.labels(*key).observe(seconds)
+    for key in result.failed:
+        metrics.shadow_failures.labels(*key).inc()
 
 
 def observe_findings(metrics: Metrics, rows: list[FindingRow]) -> None:

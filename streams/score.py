@@ -30,11 +30,11 @@ from monitor.ingest.decode import ArrivalBounds, RawMessage, dead_letter
 from monitor.ingest.events import REASON_TOO_LARGE, REASON_UNPROCESSABLE
 from monitor.metrics import Metrics
 from monitor.scoring.pipeline import Pipeline, PipelineResult
-from monitor.scoring.registry import build_registry
+from monitor.scoring.registry import build_cheap_shadows, build_registry
 from monitor.scoring.rows import EventRow, ScoredBatch
 from streams.batches import BatchConsumer, run_with_app
 from streams.kafka import deliver, forward_headers
-from streams.observe import observe_scoring
+from streams.observe import expose_shadows, observe_scoring
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +127,23 @@ def scored_records(batch: ScoredBatch, record_limit: int = RECORD_LIMIT) -> list
 def _with_findings(rows: list[EventRow], batch: ScoredBatch) -> ScoredBatch:
     ids = {row.request_id for row in rows}
     return ScoredBatch(
-        events=rows, findings=[f for f in batch.findings if f.finding.request_id in ids]
+        events=rows,
+        findings=[f for f in batch.findings if f.finding.request_id in ids],
+        shadow=[f for f in batch.shadow if f.finding.request_id in ids],
     )
 
 
 def score_pipeline(settings: Settings) -> Pipeline:
     """The score role's pipeline (span ingest, streams/spans.py, scores with the same)."""
     p = settings.pipeline
+    registry = build_registry(settings)
     return Pipeline(
-        build_registry(settings),
+        registry,
         redact_pii=settings.storage.redact,
         max_event_bytes=p.max_event_bytes,
         window_s=p.window_s,
         bounds=ArrivalBounds.of(p),
+        shadows=build_cheap_shadows(settings.detectors, list(registry)),
     )
 
 
@@ -191,6 +195,7 @@ def add_score_role(
 ) -> None:
     pipeline = score_pipeline(settings)
     outputs = ScoreOutputs.of(settings, topics)
+    expose_shadows(metrics, pipeline.shadows)
 
     async def score(messages: list[RawMessage]) -> None:
         parts = await asyncio.to_thread(prepare, pipeline, messages)

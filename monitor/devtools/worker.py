@@ -27,12 +27,13 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    want = [f"{k}={v}" for k, v in labels.items()]
+    """Sum of the samples of ``name`` whose labels include ``labels`` (each value exactly:
+    ``table="findings"`` is not ``table="findings_versions"``)."""
+    want = {f"{k}={v}" for k, v in labels.items()}
     total = 0.0
     for key, value in samples.items():
         metric, _, rest = key.partition("{")
-        if metric == name and all(w in rest for w in want):
+        if metric == name and want <= set(rest.removesuffix("}").split(",")):
             total += value
     return total
 

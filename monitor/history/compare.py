@@ -2,10 +2,11 @@
 model version, and the events where they disagree most.
 
 Findings of a version are read from ``findings`` (what ran live) and ``findings_versions``
-(backfills); one event's latest row per version counts. Detectors return findings only for the
-events they matched (``pii`` for text with PII, ``latency_errors`` for slow or failed calls),
-so every stored event counts, and an event a version has no finding for counts as not flagged
-by it, as in the windows' flag rates. But only inside the time both versions covered, per
+(backfills, and shadow detectors scoring live traffic: monitor/scoring/shadow.py); one event's
+latest row per version counts. Detectors return findings only for the events they matched
+(``pii`` for text with PII, ``latency_errors`` for slow or failed calls), so every stored
+event counts, and an event a version has no finding for counts as not flagged by it, as in the
+windows' flag rates. But only inside the time both versions covered, per
 (model, model_version): a version covered the span from its first to its last finding there,
 and, when backfilled, from the backfill's start to its checkpoint (``backfills``), which
 counts even where it found nothing. An event outside the common span was scored by one version
@@ -268,7 +269,8 @@ def compare(
         listed = ", ".join(names) or "none"
         raise HistoryError(
             f"no findings of {detector!r} version {', '.join(map(repr, missing))}; "
-            f"stored versions: {listed}. Fix: backfill it first (llm-monitor backfill)."
+            f"stored versions: {listed}. Fix: backfill it first (llm-monitor backfill), or run "
+            "it in shadow (detectors.shadow) until it has scored live traffic."
         )
     params: dict[str, Any] = {
         "db": database, "detector": detector, "a": version_a, "b": version_b,

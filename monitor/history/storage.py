@@ -91,7 +91,7 @@ def write_versioned(client: Client, database: str, rows: Sequence[FindingRow]) -
     if rows:
         client.insert(
             f"{database}.{VERSIONS_TABLE}",
-            table_rows("findings", rows),
+            table_rows(VERSIONS_TABLE, rows),
             column_names=list(columns_of(FindingRow).names),
         )
     return len(rows)

@@ -21,7 +21,8 @@ from monitor.storage.writer import ClickHouseWriter
 
 Row = tuple[Any, ...]
 
-# The highest revision: each change of an incident is a new row version (migration 0006).
+# The highest revision: each change of an incident is a new row version (migration 0006). Read
+# from every stored row, not FINAL: right whatever parts are merged (0010 made merges keep it).
 INCIDENT_SQL = (
     "SELECT incident_id, opened_at, action, rule, model, model_version, deployment, "
     "evidence_from, evidence_to, summary, status, rules, resolved_at, timeline "

@@ -5,8 +5,10 @@ become ``DeadLetter`` records with their raw bytes and reason), runs every regis
 over the valid events in one batch, redacts PII from text before it can be persisted, and
 builds mergeable window partials. Each partial carries where its events were read (topic,
 partition, offset of every record: ``event_sources``), so the aggregator can merge a batch
-that is processed again after a crash without counting its events twice. The streams layer
-moves the result between Kafka topics.
+that is processed again after a crash without counting its events twice. Shadow detectors
+(monitor/scoring/shadow.py) score the same events; their findings go to ``scored.shadow``
+only, never into the partials or the redaction. The streams layer moves the result between
+Kafka topics.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from monitor.ingest.decode import ArrivalBounds, RawMessage, decode_batch
 from monitor.ingest.dlq import DeadLetter
 from monitor.ingest.events import Event
 from monitor.scoring.rows import EventRow, FindingRow, ScoredBatch
+from monitor.scoring.shadow import Shadow, ShadowResult, run_shadows
 from monitor.windows.stats import EventSource, WindowPartial, build_partials
 
 
@@ -31,6 +34,7 @@ class PipelineResult:
     partials: list[WindowPartial]
     events: list[Event]
     detector_seconds: dict[str, float] = field(default_factory=dict)
+    shadow: ShadowResult = field(default_factory=ShadowResult)
 
 
 class Pipeline:
@@ -45,10 +49,12 @@ class Pipeline:
         window_s: int = 60,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         bounds: ArrivalBounds | None = None,
+        shadows: Sequence[Shadow] = (),
     ) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         self.registry = registry
+        self.shadows = tuple(shadows)
         self.redact_pii = redact_pii
         self.max_event_bytes = max_event_bytes
         self.window_s = window_s
@@ -82,12 +88,14 @@ class Pipeline:
         finding_rows = [
             FindingRow.of(f, e) for e in events for f in by_request.get(e.request_id, ())
         ]
+        shadow = run_shadows(self.shadows, events)
         return PipelineResult(
-            scored=ScoredBatch(events=rows, findings=finding_rows),
+            scored=ScoredBatch(events=rows, findings=finding_rows, shadow=shadow.rows(events)),
             dead_letters=dead,
             partials=build_partials(events, findings, self.window_s, event_sources(messages, dead)),
             events=events,
             detector_seconds=seconds,
+            shadow=shadow,
         )
 
     def _row(self, event: Event, produced_at_ms: int, findings: Sequence[Finding]) -> EventRow:

@@ -1,7 +1,8 @@
 """What a scorer publishes for the sink: rows of the ``events`` and ``findings`` tables.
 
 Text in an ``EventRow`` is already redacted unless redaction is off; a ``FindingRow`` carries
-its event's series and time, so findings can be queried on their own.
+its event's series and time, so findings can be queried on their own. A record written before
+``ScoredBatch.shadow`` existed decodes with none; an older sink ignores the field.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class FindingRow(msgspec.Struct, kw_only=True):
 
 
 class ScoredBatch(msgspec.Struct):
-    """What a scorer publishes for the sink: rows for `events` and `findings`."""
+    """What a scorer publishes for the sink: rows for `events` and `findings`, and the shadow
+    detectors' findings (monitor/scoring/shadow.py), for `findings_versions` only."""
 
     events: list[EventRow]
     findings: list[FindingRow]
+    shadow: list[FindingRow] = msgspec.field(default_factory=list)

@@ -22,6 +22,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
+import msgspec
+
+from detectors.base import Finding
 from monitor.config import DetectorsSettings
 from monitor.ingest.events import Event
 
@@ -127,7 +130,10 @@ class Sampler:
             self.controller.update(lag_s)
 
     def rate(self, detector: str) -> float:
-        base = self.rates.get(detector, 1.0)
+        return self.scaled(self.rates.get(detector, 1.0))
+
+    def scaled(self, base: float) -> float:
+        """The rate a detector configured at ``base`` scores at now (shadows have their own)."""
         if self.controller is None:
             return base
         return max(base * self.controller.scale, min(base, self.controller.min_rate))
@@ -138,7 +144,18 @@ class Sampler:
         return self.controller is not None or any(rate < 1 for rate in self.rates.values())
 
     def select(self, detector: str, events: Sequence[Event]) -> list[Event]:
-        rate = self.rate(detector)
-        if rate >= 1:
-            return list(events)
-        return [e for e in events if sample_point(e.request_id) < rate]
+        return pick(self.rate(detector), events)
+
+
+def pick(rate: float, events: Sequence[Event]) -> list[Event]:
+    """The events a detector at ``rate`` scores: the same ones for every detector at one rate."""
+    if rate >= 1:
+        return list(events)
+    return [e for e in events if sample_point(e.request_id) < rate]
+
+
+def noted_rate(finding: Finding, rate: float) -> Finding:
+    """The finding, noting the sampling rate it was scored at (for the analyst)."""
+    return msgspec.structs.replace(
+        finding, details={**finding.details, "sample_rate": f"{rate:.4g}"}
+    )

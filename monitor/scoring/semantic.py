@@ -5,12 +5,15 @@ or the one process in single-worker mode) decodes a batch and hands it to
 ``SemanticScorer.process``, which runs the embedding-backed detectors, counts each event's
 bias group, and tests each model version's responses for drift against its reference. The
 result is findings for the sink and flags-only window partials for the aggregator, so these
-findings land in the same tables and windows as the cheap detectors' ones. Given where each
-event was read (``sources``), the partials carry it, so a batch processed again after a crash
-adds its flags to the windows once (see monitor/windows/aggregate.py). With the embed records'
-own offsets as sources, an event that a crashed score worker forwarded twice is two records,
-so its flags count twice; the event's origin (its llm.events partition and offset, forwarded
-to the same partition number) as source makes those copies one.
+findings land in the same tables and windows as the cheap detectors' ones. Shadows of the
+semantic detectors (monitor/scoring/shadow.py) score the same events, each its own sample at
+its own ``sample_rate``; their findings go to ``scored.shadow`` only: no partial, no bias
+count. Given where each event was read (``sources``), the partials carry it, so a batch
+processed again after a crash adds its flags to the windows once (see
+monitor/windows/aggregate.py). With the embed records' own offsets as sources, an event that a
+crashed score worker forwarded twice is two records, so its flags count twice; the event's
+origin (its llm.events partition and offset, forwarded to the same partition number) as source
+makes those copies one.
 
 Each detector scores the sample of the batch its rate picks (monitor/scoring/sampling.py: a
 fixed ``sample_rate``, scaled down while the embed role falls behind); the partials count, per
@@ -25,17 +28,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
-
 from detectors.base import Finding
 from detectors.bias import group_counts
 from detectors.drift import DRIFT_DETECTOR
 from detectors.embedding import EmbeddingService
 from monitor.config import DetectorsSettings
 from monitor.ingest.events import Event
-from monitor.scoring.registry import build_semantic_detectors
+from monitor.scoring.registry import build_semantic_detectors, build_semantic_shadows
 from monitor.scoring.rows import FindingRow, ScoredBatch
-from monitor.scoring.sampling import Sampler
+from monitor.scoring.sampling import Sampler, noted_rate
+from monitor.scoring.shadow import ShadowResult, run_shadows
 from monitor.windows.drift import EmbeddingDrift
 from monitor.windows.stats import EventSource, WindowPartial, finding_partials
 
@@ -48,6 +50,7 @@ class SemanticResult:
     texts: int
     scored_counts: dict[str, int] = field(default_factory=dict)  # events each detector scored
     sample_rates: dict[str, float] = field(default_factory=dict)  # the rate each one used
+    shadow: ShadowResult = field(default_factory=ShadowResult)
 
 
 class SemanticScorer:
@@ -66,6 +69,7 @@ class SemanticScorer:
         self.window_s = window_s
         self.sampler = Sampler.from_settings(settings) if sampler is None else sampler
         self.detectors = build_semantic_detectors(settings, embeddings)
+        self.shadows = build_semantic_shadows(settings, embeddings, self.detectors)
         self.drift = EmbeddingDrift(settings.drift, window_s) if settings.drift.enabled else None
 
     @property
@@ -88,7 +92,7 @@ class SemanticScorer:
             started = time.perf_counter()
             found = detector.score(sample) if sample else []
             seconds[detector.name] = time.perf_counter() - started
-            findings.extend(found if rate >= 1 else [_with_rate(f, rate) for f in found])
+            findings.extend(found if rate >= 1 else [noted_rate(f, rate) for f in found])
             if self._reported(detector.name):
                 scored[detector.name] = {e.request_id for e in sample}
         # Bias may run without toxicity being a reported detector; its flags still count.
@@ -103,13 +107,15 @@ class SemanticScorer:
             rows.extend(self.drift.update(answered, vectors))
             seconds[DRIFT_DETECTOR] = time.perf_counter() - started
         groups = self._groups(events, findings) if self.settings.bias.enabled else None
+        shadow = run_shadows(self.shadows, events, self.sampler)
         return SemanticResult(
-            scored=ScoredBatch(events=[], findings=rows),
+            scored=ScoredBatch(events=[], findings=rows, shadow=shadow.rows(events)),
             partials=finding_partials(events, reported, self.window_s, groups, sources, scored),
             detector_seconds=seconds,
             texts=self.embeddings.stats.texts - texts_before,
             scored_counts={name: len(ids) for name, ids in scored.items()},
             sample_rates=rates,
+            shadow=shadow,
         )
 
     def observe_lag(self, lag_s: float) -> dict[str, float]:
@@ -133,10 +139,3 @@ class SemanticScorer:
             for e in events
             if e.response and e.attributes.get(attribute)
         }
-
-
-def _with_rate(finding: Finding, rate: float) -> Finding:
-    """The finding, noting the sampling rate it was scored at (for the analyst)."""
-    return msgspec.structs.replace(
-        finding, details={**finding.details, "sample_rate": f"{rate:.4g}"}
-    )

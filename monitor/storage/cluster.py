@@ -6,6 +6,12 @@ path per shard, ``{replica}`` macro) plus a ``Distributed`` table under the orig
 sharded so that rows ReplacingMergeTree must collapse (same request, same series) land on the
 same shard — ``FINAL`` then works per shard. Materialized views read and write the local
 tables; plain views read the distributed ones. Every statement carries ``ON CLUSTER``.
+
+A migration that rebuilds a table (0010: create a copy, ``ATTACH PARTITION ... FROM`` the old
+one, ``EXCHANGE``, drop) does it on the local tables, shard by shard; the Distributed table in
+front reads the local one by name, so it reads the new table after the exchange. A table such a
+migration creates and exchanges gets ``{uuid}`` in its ZooKeeper path: after the exchange it
+lives on under the old name, so the migration run again creates its copy under a fresh path.
 ``llm-monitor deploy clickhouse-cluster`` writes deploy/clickhouse/cluster/schema.sql.
 """
 
@@ -23,6 +29,7 @@ SHARDING = {
     "backfills": "cityHash64(detector, detector_version, model)",
     "incident_evidence": "cityHash64(incident_id)",
     "incidents": "cityHash64(incident_id)",
+    "incidents_m0010": "cityHash64(incident_id)",
     "actions": "cityHash64(idempotency_key)",
     "decisions": "cityHash64(model, deployment)",
     "killswitch": "cityHash64(model, deployment)",
@@ -33,13 +40,18 @@ DEFAULT_SHARDING = "cityHash64(model, model_version, deployment)"
 CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS \{db\}\.(\w+) \(", re.IGNORECASE)
 ENGINE = re.compile(r"ENGINE = (\w*)MergeTree(\(([^)]*)\))?")
 ALTER = re.compile(r"ALTER TABLE \{db\}\.(\w+)")
-STORAGE_ONLY = re.compile(r"\bMODIFY (COLUMN \w+ )?TTL\b")  # Distributed tables refuse TTLs
+# Distributed tables refuse TTLs and hold no parts.
+STORAGE_ONLY = re.compile(r"\bMODIFY (COLUMN \w+ )?TTL\b|\bPARTITION\b")
+PARTITION_FROM = re.compile(r"\bFROM \{db\}\.(\w+)")
+DROP_TABLE = re.compile(r"DROP TABLE IF EXISTS \{db\}\.(\w+)( SYNC)?$")
+EXCHANGE = re.compile(r"EXCHANGE TABLES \{db\}\.(\w+) AND \{db\}\.(\w+)$")
 
 
-def _replicated(statement: str, table: str) -> str:
+def _replicated(statement: str, table: str, *, unique_path: bool = False) -> str:
     def engine(match: re.Match[str]) -> str:
         kind, args = match.group(1), match.group(3)
-        path = f"'/clickhouse/tables/{{shard}}/{{database}}/{table}_local', '{{replica}}'"
+        uuid = "/{uuid}" if unique_path else ""
+        path = f"'/clickhouse/tables/{{shard}}/{{database}}/{table}_local{uuid}', '{{replica}}'"
         return f"ENGINE = Replicated{kind}MergeTree({path}{', ' + args if args else ''})"
 
     return ENGINE.sub(engine, statement, count=1)
@@ -51,24 +63,37 @@ def cluster_statements(cluster: str, database: str = "llm_monitor") -> list[str]
     local_tables: set[str] = set()
     out: list[str] = []
     for migration in discover():
-        for raw in migration.statements:
-            statement = " ".join(raw.split())
+        statements = [" ".join(raw.split()) for raw in migration.statements]
+        exchanged = {t for s in statements if (m := EXCHANGE.match(s)) for t in m.groups()}
+        for statement in statements:
             create = CREATE_TABLE.search(statement)
+            drop = DROP_TABLE.match(statement)
+            exchange = EXCHANGE.match(statement)
             if statement.startswith("CREATE DATABASE"):
                 out.append(f"{statement} {on}")
             elif create:
                 table = create.group(1)
                 local_tables.add(table)
                 local = statement.replace(f"{{db}}.{table} (", f"{{db}}.{table}_local {on} (", 1)
-                out.append(_replicated(local, table))
+                out.append(_replicated(local, table, unique_path=table in exchanged))
                 shard = SHARDING.get(table, DEFAULT_SHARDING)
                 out.append(
                     f"CREATE TABLE IF NOT EXISTS {{db}}.{table} {on} AS {{db}}.{table}_local "
                     f"ENGINE = Distributed({cluster}, {database}, {table}_local, {shard})"
                 )
+            elif drop:  # the Distributed table, then the local one under it
+                table, sync = drop.group(1), drop.group(2) or ""
+                for name in (table, f"{table}_local"):
+                    out.append(f"DROP TABLE IF EXISTS {{db}}.{name} {on}{sync}")
+            elif exchange:  # the local tables: each Distributed one reads its own by name
+                a, b = exchange.groups()
+                out.append(f"EXCHANGE TABLES {{db}}.{a}_local AND {{db}}.{b}_local {on}")
             elif ALTER.match(statement):
                 table = ALTER.match(statement).group(1)  # type: ignore[union-attr]
-                out.append(statement.replace(f"{{db}}.{table}", f"{{db}}.{table}_local {on}", 1))
+                local = statement.replace(f"{{db}}.{table}", f"{{db}}.{table}_local {on}", 1)
+                if "PARTITION" in statement:  # parts come from the other local table
+                    local = PARTITION_FROM.sub(r"FROM {db}.\1_local", local)
+                out.append(local)
                 if not STORAGE_ONLY.search(statement):
                     out.append(statement.replace(f"{{db}}.{table}", f"{{db}}.{table} {on}", 1))
             elif statement.startswith("CREATE MATERIALIZED VIEW"):

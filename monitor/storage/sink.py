@@ -68,7 +68,7 @@ KIND_WINDOWS: Final = "windows"
 KIND_POLICY: Final = "policy"
 # Each kind's tables, in insert order.
 KIND_TABLES: Final[dict[str, tuple[str, ...]]] = {
-    KIND_SCORED: ("events", "findings"),
+    KIND_SCORED: ("events", "findings", "findings_versions"),  # the last: shadow findings
     KIND_DEAD_LETTERS: ("dead_letters",),
     KIND_WINDOWS: ("windows",),
     KIND_POLICY: ("decisions", "actions", "killswitch", "audit_log", "incidents"),
@@ -195,7 +195,7 @@ Split = Callable[[bytes], tuple[Any, Parts]]
 
 def _split_scored(value: bytes) -> tuple[ScoredBatch, Parts]:
     batch = _scored.decode(value)
-    return batch, (batch.events, batch.findings)
+    return batch, (batch.events, batch.findings, batch.shadow)
 
 
 def _split_windows(value: bytes) -> tuple[WindowStats, Parts]:

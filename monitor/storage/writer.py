@@ -32,6 +32,7 @@ from monitor.windows.stats import WindowStats
 TABLES: Final[dict[str, type[msgspec.Struct]]] = {
     "events": EventRow,
     "findings": FindingRow,
+    "findings_versions": FindingRow,  # backfills and shadow detectors (migration 0007)
     "windows": WindowStats,
     "dead_letters": DeadLetterRow,
     "decisions": Decision,

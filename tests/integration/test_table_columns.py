@@ -19,6 +19,7 @@ import pytest
 from detectors.base import Span
 from detectors.pii import PiiScanner
 from monitor.config import StorageSettings
+from monitor.history.storage import write_versioned
 from monitor.ingest.dlq import DeadLetter, DeadLetterRow
 from monitor.policy.records import (
     ActionAttempt,
@@ -188,13 +189,14 @@ def test_tables_have_exactly_the_derived_columns_and_rows_round_trip(tmp_path: P
         )  # fmt: skip
         assert writer.write_events([event]) == 1
         assert writer.write_findings([finding]) == 1
+        assert write_versioned(client, DB, [finding]) == 1  # backfills and shadows
         assert writer.write_windows([window]) == 1
         assert writer.write_dead_letters([letter]) == 1
         assert writer.write_policy([policy]) == {
             "decisions": 1, "actions": 1, "killswitch": 1, "audit_log": 1, "incidents": 1
         }  # fmt: skip
         rows: dict[str, msgspec.Struct] = {
-            "events": event, "findings": finding, "windows": window,
+            "events": event, "findings": finding, "findings_versions": finding, "windows": window,
             "dead_letters": DeadLetterRow.of(letter, PiiScanner()),
             "decisions": policy.decisions[0], "actions": policy.attempts[0],
             "killswitch": policy.killswitch[0], "audit_log": policy.audit[0],

@@ -30,6 +30,7 @@ from monitor.errors import StorageError
 from monitor.ingest.decode import RawMessage, dead_letter
 from monitor.metrics import Metrics, create_metrics
 from monitor.scoring.pipeline import Pipeline
+from monitor.scoring.shadow import Shadow
 from monitor.storage import sink as sink_module
 from monitor.storage.columns import columns_of
 from monitor.storage.sink import (
@@ -147,9 +148,9 @@ def message(value: bytes, topic: str, offset: int) -> RawMessage:
     return RawMessage(value, b"key", topic, 3, offset, 1_700_000_000_000)
 
 
-def scored_messages(*request_ids: str) -> list[RawMessage]:
+def scored_messages(*request_ids: str, pipeline: Pipeline | None = None) -> list[RawMessage]:
     """One scored batch per id, as the score role publishes them (PII found in each)."""
-    pipeline = Pipeline(DetectorRegistry([PiiDetector()]))
+    pipeline = pipeline or Pipeline(DetectorRegistry([PiiDetector()]))
     out = []
     for offset, request_id in enumerate(request_ids):
         body = {"request_id": request_id, "timestamp": 1_700_000_000_000, "model": "m",
@@ -221,6 +222,20 @@ def test_the_common_case_is_one_insert_per_table(settings: Settings, storage: Fa
     assert storage.column("events", "request_id") == list("abcdefgh")
     assert sample(sink.metrics, "llm_monitor_sink_rows_total", table="events") == 8
     assert sample(sink.metrics, "llm_monitor_sink_errors_total", table="events") == 0
+
+
+def test_shadow_findings_go_to_findings_versions_only(
+    settings: Settings, storage: FakeStorage
+) -> None:
+    shadow = Shadow(PiiDetector(), "1.1.0-shadow")
+    pipeline = Pipeline(DetectorRegistry([PiiDetector()]), shadows=[shadow])
+    sink = new_sink(settings)
+    asyncio.run(sink.write(KIND_SCORED, scored_messages(*"ab", pipeline=pipeline), no_dead_letters))
+    assert storage.inserts == [("events", 2), ("findings", 2), ("findings_versions", 2)]
+    assert storage.column("findings", "detector_version") == ["1.1.0", "1.1.0"]
+    assert storage.column("findings_versions", "detector_version") == ["1.1.0-shadow"] * 2
+    assert storage.column("findings_versions", "request_id") == ["a", "b"]
+    assert sample(sink.metrics, "llm_monitor_sink_rows_total", table="findings_versions") == 2
 
 
 def test_transient_failures_are_retried_until_they_heal_and_each_counted(

@@ -123,3 +123,19 @@ ALTER TABLE llm_monitor.windows ON CLUSTER llm_monitor ADD COLUMN IF NOT EXISTS 
 CREATE VIEW IF NOT EXISTS llm_monitor.v_judge_pairwise_windows ON CLUSTER llm_monitor AS SELECT event_time AS window_start, fromUnixTimestamp64Milli(toInt64OrZero(details['window_end_ms']), 'UTC') AS window_end, model, model_version AS canary_version, deployment, details['stable_versions'] AS stable_versions, score AS win_rate, toFloat64OrZero(details['low']) AS win_rate_low, toFloat64OrZero(details['high']) AS win_rate_high, toUInt32OrZero(details['n']) AS pairs, toUInt32OrZero(details['wins']) AS wins, toUInt32OrZero(details['ties']) AS ties, toUInt32OrZero(details['losses']) AS losses, toFloat64OrZero(details['confidence']) AS confidence, details['gate'] AS gate, toFloat64OrZero(details['gate_threshold']) AS gate_threshold, details['judge_model'] AS judge_model, details['judge_family'] AS judge_family, detector_version AS rubric_version FROM llm_monitor.findings FINAL WHERE detector = 'judge_pairwise' AND category = 'window';
 
 CREATE VIEW IF NOT EXISTS llm_monitor.v_judge_grades ON CLUSTER llm_monitor AS SELECT event_time, request_id, model, model_version, deployment, route, category = 'parse_error' AS parse_error, toUInt8OrZero(details['grade']) AS grade, score, flagged, details['judge_model'] AS judge_model, details['judge_family'] AS judge_family, details['model_family'] AS model_family, details['same_family'] = 'true' AS same_family, toFloat64OrZero(details['cost_usd']) AS cost_usd, detector_version AS rubric_version FROM llm_monitor.findings FINAL WHERE detector = 'judge';
+
+DROP TABLE IF EXISTS llm_monitor.incidents_m0010 ON CLUSTER llm_monitor SYNC;
+
+DROP TABLE IF EXISTS llm_monitor.incidents_m0010_local ON CLUSTER llm_monitor SYNC;
+
+CREATE TABLE IF NOT EXISTS llm_monitor.incidents_m0010_local ON CLUSTER llm_monitor ( incident_id String, opened_at DateTime64(3, 'UTC'), action LowCardinality(String), rule LowCardinality(String), model LowCardinality(String), model_version LowCardinality(String), deployment LowCardinality(String), evidence_from DateTime64(3, 'UTC'), evidence_to DateTime64(3, 'UTC'), summary String, idempotency_key String, status LowCardinality(String), rules Array(String), revision UInt32, updated_at DateTime64(3, 'UTC'), resolved_at DateTime64(3, 'UTC'), timeline Array(Tuple(at_ms Int64, kind String, rule String, model_version String, action String, idempotency_key String, detail String)) ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/incidents_m0010_local/{uuid}', '{replica}', revision) ORDER BY incident_id;
+
+CREATE TABLE IF NOT EXISTS llm_monitor.incidents_m0010 ON CLUSTER llm_monitor AS llm_monitor.incidents_m0010_local ENGINE = Distributed(llm_monitor, llm_monitor, incidents_m0010_local, cityHash64(incident_id));
+
+ALTER TABLE llm_monitor.incidents_m0010_local ON CLUSTER llm_monitor ATTACH PARTITION ID 'all' FROM llm_monitor.incidents_local;
+
+EXCHANGE TABLES llm_monitor.incidents_local AND llm_monitor.incidents_m0010_local ON CLUSTER llm_monitor;
+
+DROP TABLE IF EXISTS llm_monitor.incidents_m0010 ON CLUSTER llm_monitor SYNC;
+
+DROP TABLE IF EXISTS llm_monitor.incidents_m0010_local ON CLUSTER llm_monitor SYNC;
