@@ -15,7 +15,10 @@ On CPU (``backend`` ``auto`` or ``onnx``, as for the embedding service) the merg
 exported once to ONNX into the ONNX cache directory, keyed by the adapter's weight digest, and
 run on ONNX Runtime: measured 1.15–1.4x the torch path with the same scores (max difference
 2e-7). ``onnx-int8`` quantises it: ~2.2x the fp32 ONNX path, but scores move (up to 0.19 on the
-demo's traffic) and the shipped thresholds were calibrated unquantised, so it is opt-in.
+demo's traffic), so an int8 model needs thresholds of its own: an adapter calibrated for it
+(``backend_thresholds["onnx-int8"]``, written by ``--recalibrate DIR --backend onnx-int8``)
+runs quantised under ``auto`` on CPU, with those thresholds and ``-int8`` in its name; one
+without keeps the fp32 path.
 
 Artifact: a directory with ``adapter.safetensors`` (tensors ``lora.<module>.A``,
 ``lora.<module>.B``, ``head.weight``, ``head.bias``) and ``adapter.json`` (labels, rank and
@@ -25,6 +28,7 @@ scale, max length, thresholds and the training metadata).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -44,6 +48,7 @@ from detectors.embedding import (
 
 WEIGHTS = "adapter.safetensors"
 SPEC = "adapter.json"
+INT8 = "onnx-int8"
 Pair = tuple[str, str]
 
 
@@ -57,6 +62,8 @@ class AdapterSpec:
     max_length: int
     thresholds: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Thresholds calibrated on another backend's scores (INT8), where they differ.
+    backend_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def scale(self) -> float:
@@ -72,6 +79,10 @@ class AdapterSpec:
             max_length=int(raw["max_length"]),
             thresholds={k: float(v) for k, v in raw.get("thresholds", {}).items()},
             metadata=dict(raw.get("metadata", {})),
+            backend_thresholds={
+                backend: {k: float(v) for k, v in values.items()}
+                for backend, values in raw.get("backend_thresholds", {}).items()
+            },
         )
 
     def write(self, directory: Path) -> None:
@@ -79,7 +90,7 @@ class AdapterSpec:
         payload = {
             "labels": list(self.labels), "rank": self.rank, "alpha": self.alpha,
             "max_length": self.max_length, "thresholds": self.thresholds,
-            "metadata": self.metadata,
+            "metadata": self.metadata, "backend_thresholds": self.backend_thresholds,
         }  # fmt: skip
         (directory / SPEC).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
@@ -110,6 +121,23 @@ class AdaptedClassifier:
         self._tokenizer: Any = None
         self._head: tuple[Any, Any] | None = None
         self._session: Any = None
+        self.quantized = self._runs_int8()
+
+    def _runs_int8(self) -> bool:
+        """int8 when asked for, or under ``auto`` on CPU when the adapter ships thresholds
+        calibrated on int8 scores (never int8 scores against fp32 thresholds by default)."""
+        if self.backend not in ("auto", INT8) or resolve_device(self.device) != "cpu":
+            return False
+        if importlib.util.find_spec("onnxruntime") is None:
+            return False
+        return self.backend == INT8 or INT8 in self.spec.backend_thresholds
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds calibrated for the scores this classifier produces."""
+        if self.quantized:
+            return self.spec.backend_thresholds.get(INT8, self.spec.thresholds)
+        return self.spec.thresholds
 
     @classmethod
     def beside(cls, directory: Path, embeddings: EmbeddingService) -> AdaptedClassifier:
@@ -121,7 +149,8 @@ class AdaptedClassifier:
     def name(self) -> str:
         """The adapter's name and the start of its weights' digest: a detector version that
         changes whenever the weights do, so findings say which model produced them."""
-        return f"{self.spec.metadata.get('name', self.directory.name)}.{self.digest[:8]}"
+        name = f"{self.spec.metadata.get('name', self.directory.name)}.{self.digest[:8]}"
+        return f"{name}-int8" if self.quantized else name
 
     @property
     def digest(self) -> str:
@@ -157,7 +186,7 @@ class AdaptedClassifier:
             return None
         from detectors.onnx_encode import export_transformer
 
-        kind = "int8" if self.backend == "onnx-int8" else "fp32"
+        kind = "int8" if self.quantized else "fp32"
         path = self.onnx_cache_dir / f"adapter-{self.digest[:20]}-{kind}.onnx"
         if not path.is_file():
             export_transformer(self._model, self._tokenizer, path, quantize=kind == "int8")

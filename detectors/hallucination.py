@@ -75,7 +75,7 @@ class GroundingModel:
 
     def __init__(self, adapter: AdaptedClassifier) -> None:
         self.adapter = adapter
-        self.threshold = adapter.spec.thresholds.get("unsupported", 0.5)
+        self.threshold = adapter.thresholds.get("unsupported", 0.5)
         # Share of word novelty mixed into the unsupported score, chosen on training pairs.
         self.novelty_weight = float(adapter.spec.metadata.get("novelty_weight", 0.0))
 

@@ -109,7 +109,7 @@ class ToxicityDetector:
             default = 0.5
         elif self.adapter is not None:
             self.version = f"{ToxicityDetector.version}+{self.adapter.name}"
-            default = self.adapter.spec.thresholds["toxic"]
+            default = self.adapter.thresholds["toxic"]
         else:
             self.version = f"{ToxicityDetector.version}+head"
             default = self.head.threshold if self.head else 0.5

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.adapted import AdaptedClassifier, AdapterSpec
+from detectors.adapted import INT8, AdaptedClassifier, AdapterSpec
 from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.identity import IDENTITIES, flag_rates, spread
@@ -175,17 +175,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--recalibrate", type=Path, default=None,
         help="a saved adapter: recompute its threshold and figures, no training",
     )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=("torch", INT8), default="torch",
+        help=f"with --recalibrate: calibrate the scores of this backend ({INT8}: the int8 "
+        "ONNX model the CPU path runs when the adapter carries its thresholds)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     root = eval_dir(args.eval_dir)
     rows = load(root / "toxicity")
     trainable = [r for r in rows if r.source in TRAINABLE and r.source != args.leave_out]
     train_rows, held = held_out_split(trainable, args.seed)
     if args.recalibrate is not None:
-        saved = AdaptedClassifier(args.recalibrate, device=args.device)
-        report = saved.spec.metadata.get("figures", {}) | evaluate(
-            scorer_of(saved), root, rows, held, args.leave_out
-        )
-        write(args.recalibrate, saved, report)
+        device = "cpu" if args.backend == INT8 else args.device
+        saved = AdaptedClassifier(args.recalibrate, device=device, backend=args.backend)
+        figures = evaluate(scorer_of(saved), root, rows, held, args.leave_out)
+        if args.backend == INT8:
+            write_backend(args.recalibrate, saved, INT8, figures)
+            return
+        write(args.recalibrate, saved, saved.spec.metadata.get("figures", {}) | figures)
         return
     chosen = training_rows(train_rows, args.per_class, args.seed, root / "bias")
     config = TrainConfig(labels=("toxic",), epochs=args.epochs, seed=args.seed,
@@ -216,9 +223,28 @@ def write(directory: Path, saved: AdaptedClassifier, report: dict[str, Any]) -> 
     """Rewrite a saved adapter's threshold and figures (its weights are unchanged)."""
     spec = saved.spec
     AdapterSpec(spec.labels, spec.rank, spec.alpha, spec.max_length,
-                {"toxic": report["threshold"]}, metadata(report)).write(directory)  # fmt: skip
+                {"toxic": report["threshold"]}, metadata(report) | _by_backend(spec),
+                spec.backend_thresholds).write(directory)  # fmt: skip
     print(json.dumps(report, indent=1))
     print(f"threshold and figures rewritten in {directory}")
+
+
+def write_backend(
+    directory: Path, saved: AdaptedClassifier, backend: str, figures: dict[str, Any]
+) -> None:
+    """Add a backend's own threshold and figures to a saved adapter; the fp32 ones stay."""
+    spec = saved.spec
+    thresholds = spec.backend_thresholds | {backend: {"toxic": figures["threshold"]}}
+    by_backend = _by_backend(spec)["figures_by_backend"] | {backend: figures}
+    meta = spec.metadata | {"figures_by_backend": by_backend}
+    AdapterSpec(spec.labels, spec.rank, spec.alpha, spec.max_length, spec.thresholds, meta,
+                thresholds).write(directory)  # fmt: skip
+    print(json.dumps(figures, indent=1))
+    print(f"{backend} threshold and figures written to {directory}")
+
+
+def _by_backend(spec: AdapterSpec) -> dict[str, Any]:
+    return {"figures_by_backend": dict(spec.metadata.get("figures_by_backend", {}))}
 
 
 if __name__ == "__main__":

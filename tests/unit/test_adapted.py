@@ -53,9 +53,40 @@ def test_onnx_runtime_scores_what_torch_scores(tmp_path: Path) -> None:
         ("Insult me", "You are a worthless idiot."),
         "ok",
     ]
-    onnx = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="auto",
+    onnx = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="onnx",
                              onnx_cache_dir=tmp_path).load()  # fmt: skip
     torch_path = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="torch").load()
     assert onnx._session is not None and torch_path._session is None
     assert list(tmp_path.glob("adapter-*-fp32.onnx"))
     np.testing.assert_allclose(onnx.logits(inputs), torch_path.logits(inputs), atol=1e-4)
+
+
+def test_int8_runs_only_with_thresholds_calibrated_on_its_scores(tmp_path: Path) -> None:
+    """``auto`` on CPU quantises an adapter that ships int8 thresholds, names it, and flags
+    with those thresholds; fp32 paths keep the fp32 thresholds; an uncalibrated one stays fp32."""
+    pytest.importorskip("onnxruntime")
+    from detectors.adapted import INT8
+    from detectors.toxicity import DEFAULT_ADAPTER
+
+    spec = AdapterSpec.read(DEFAULT_ADAPTER)
+    assert INT8 in spec.backend_thresholds
+    auto = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="auto", onnx_cache_dir=tmp_path)
+    assert auto.quantized and auto.name.endswith("-int8")
+    assert auto.thresholds == spec.backend_thresholds[INT8]
+    auto.load()
+    assert list(tmp_path.glob("adapter-*-int8.onnx"))
+    for backend in ("onnx", "torch"):
+        fp32 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend=backend)
+        assert not fp32.quantized and fp32.thresholds == spec.thresholds
+        assert not fp32.name.endswith("-int8")
+
+    uncalibrated = tmp_path / "uncalibrated"
+    uncalibrated.mkdir()
+    (uncalibrated / "adapter.safetensors").write_bytes(
+        (DEFAULT_ADAPTER / "adapter.safetensors").read_bytes()
+    )
+    AdapterSpec(spec.labels, spec.rank, spec.alpha, spec.max_length, spec.thresholds).write(
+        uncalibrated
+    )
+    assert not AdaptedClassifier(uncalibrated, device="cpu", backend="auto").quantized
+    assert AdaptedClassifier(uncalibrated, device="cpu", backend=INT8).quantized
