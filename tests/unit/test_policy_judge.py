@@ -202,9 +202,13 @@ class ContentJudge:
         return JudgeReply(f'{{"winner": "{winner}", "explanation": "x"}}', self.model, 1, 1, 0, 0)
 
 
-def test_the_judge_roles_window_records_reach_the_engine() -> None:
-    """What the judge role publishes on the judge topic decodes in the policy role into the
-    windows the engine judges: the contract between streams/judge.py and streams/policy.py."""
+def judge_records(
+    canaries: dict[str, tuple[int, str]], *, model: str = "m", timestamp_ms: int = T0
+) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records the judge role publishes on the judge topic once it has
+    compared, per canary version, ``n`` prompts where the canary answered ``response`` and
+    stable a fine answer (``ContentJudge``: a canary answer with ``wrong`` in it loses, else
+    the position-biased judge ties); its real evaluator and grouping, without faust."""
     published: list[ScoredBatch] = []
 
     async def publish(batch: ScoredBatch) -> None:
@@ -212,32 +216,43 @@ def test_the_judge_roles_window_records_reach_the_engine() -> None:
 
     async def run() -> None:
         evaluator = JudgeEvaluator(
-            EvaluatorConfig(sample_rate=0.0), ContentJudge(), Rubric(), Budget(0),
-            create_metrics(CollectorRegistry()), publish,
+            EvaluatorConfig(sample_rate=0.0, resamples=500), ContentJudge(), Rubric(),
+            Budget(0), create_metrics(CollectorRegistry()), publish,
         )  # fmt: skip
-        for i in range(25):
-            c = decoded_event(f"c{i}", deployment="canary", model_version="v2",
-                              prompt=f"q{i}", response="this is wrong")  # fmt: skip
-            s = decoded_event(f"s{i}", deployment="stable", prompt=f"q{i}", response="fine")
-            evaluator.pairs.offer(c)
-            pair = evaluator.pairs.offer(s)
-            assert pair is not None
-            assert await evaluator.compare(pair) == LOSS
+        for version, (n, response) in canaries.items():
+            for i in range(n):
+                common = {"model": model, "prompt": f"q{i}", "timestamp": timestamp_ms}
+                c = decoded_event(f"{version}-c{i}", deployment="canary", model_version=version,
+                                  response=response, **common)  # fmt: skip
+                s = decoded_event(f"{version}-s{i}", deployment="stable", model_version="v1",
+                                  response="fine", **common)  # fmt: skip
+                evaluator.pairs.offer(c)
+                pair = evaluator.pairs.offer(s)
+                assert pair is not None
+                assert await evaluator.compare(pair) is not None
         await evaluator.flush_windows(force=True)
 
     asyncio.run(run())
-    records = [
-        (model, msgspec.msgpack.encode(ScoredBatch([], rows)))
+    return [
+        (key.encode(), msgspec.msgpack.encode(ScoredBatch([], rows)))
         for batch in published
-        for model, rows in windows_by_model(batch).items()
+        for key, rows in windows_by_model(batch).items()
     ]
-    assert [model for model, _ in records] == ["m"]  # one window, keyed by its model
+
+
+def test_the_judge_roles_window_records_reach_the_engine() -> None:
+    """What the judge role publishes on the judge topic decodes in the policy role into the
+    windows the engine judges: the contract between streams/judge.py and streams/policy.py."""
+    records = judge_records({"v2": (25, "this is wrong"), "v3": (25, "fine too")})
+    assert [key for key, _ in records] == [b"m"]  # both windows, keyed by their model
     item = judge_windows(records[0][1])
-    ((w, deployment),) = item.windows
-    assert (w.canary_version, w.win_rate.n, w.win_rate.losses) == ("v2", 25, 25)
-    assert deployment == "canary"
-    out = engine().observe_judge(w, deployment)
-    assert by_rule(out) == {GATE_RULE: "fail", JUDGE_RULE: "fire"}
+    windows = {w.canary_version: (w, deployment) for w, deployment in item.windows}
+    (v2, deployment), (v3, _) = windows["v2"], windows["v3"]
+    assert (v2.win_rate.n, v2.win_rate.losses, deployment) == (25, 25, "canary")
+    assert (v3.win_rate.n, v3.win_rate.ties) == (25, 25)
+    e = engine()
+    assert by_rule(e.observe_judge(v2, deployment)) == {GATE_RULE: "fail", JUDGE_RULE: "fire"}
+    assert by_rule(e.observe_judge(v3, deployment)) == {GATE_RULE: "pass", JUDGE_RULE: "healthy"}
 
 
 def test_judge_records_that_are_not_windows_are_refused() -> None:
