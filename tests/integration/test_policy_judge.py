@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from monitor.devtools.report import JUDGE_DECISIONS
 from monitor.devtools.worker import scrape
 from monitor.policy.gates import GATE_RULE, JUDGE_RULE
 from monitor.policy.receiver import Receiver
@@ -114,3 +115,8 @@ def test_judge_windows_gate_and_roll_back_through_the_policy_role(
     assert (gate_v2["observed"], gate_v2["threshold"], gate_v2["n"]) == (0.5, 0.45, 25)
     assert (fire["bound_low"], fire["n"]) == (1.0, 25)  # the loss side: surely worse
     assert fire["incident_id"] == rollback["incident_id"]
+    # The demo report's query reads both rules on the win-rate side.
+    report = query(workers, JUDGE_DECISIONS.replace("{db:Identifier}", "llm_monitor"))
+    read = {(d["rule"], d["model_version"]): (d["win_rate"], d["low"], d["high"]) for d in report}
+    assert read[(GATE_RULE, "v2")] == (0.5, 0.5, 0.5)
+    assert read[(JUDGE_RULE, "v3")] == (0.0, 0.0, 0.0)
