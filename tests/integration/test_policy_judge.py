@@ -1,8 +1,8 @@
-"""The policy role on the LLM judge's windows in a real worker: records of the judge topic on a
-real broker set each canary version's promotion gate (the gauge and ``decisions`` rows in
-chdb), and the surely-worse canary's ``rollback.judge_win_rate`` is a signed rollback webhook
-to a real receiver on 127.0.0.1, once, however often the records are replayed. A judge record
-that does not decode is dead-lettered."""
+"""The policy role on the LLM judge's windows in a real worker: records of the judge topic on
+a real broker set each canary version's promotion gate (the gauge, /policy/status and
+``decisions`` rows in chdb), and the surely-worse canary's ``rollback.judge_win_rate`` is a
+signed rollback webhook to a real receiver on 127.0.0.1, once, however often the records are
+replayed. A judge record that does not decode is dead-lettered."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -26,6 +27,7 @@ from tests.unit.test_policy_judge import judge_records
 
 pytestmark = pytest.mark.integration
 SECRET = "judge-webhook-secret-0123456789abcdef"  # noqa: S105 - test fixture
+TOKEN = "judge-api-token-0123456789abcdef"  # noqa: S105 - test fixture
 JUDGE_TOPIC = "llm.judge"
 MODEL = "support-bot"
 
@@ -50,6 +52,7 @@ def test_judge_windows_gate_and_roll_back_through_the_policy_role(
         "LLM_MONITOR_ROLES": '["policy", "sink"]',
         "LLM_MONITOR_POLICY__FILE": str(policy),
         "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
+        "LLM_MONITOR_POLICY__API_TOKEN": TOKEN,
     })  # fmt: skip
     now = time.time_ns() // 1_000_000
     records = judge_records(
@@ -98,6 +101,12 @@ def test_judge_windows_gate_and_roll_back_through_the_policy_role(
     )  # fmt: skip
     assert len(rollbacks()) == 1 and r.refused == []
     assert gate("v4") == -1
+    status = httpx.get(
+        f"http://127.0.0.1:{workers.port}/policy/status",
+        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=15,
+    ).json()  # fmt: skip
+    verdicts = {g["model_version"]: (g["verdict"], g["n"]) for g in status["promotion_gates"]}
+    assert verdicts == {"v2": ("pass", 25), "v3": ("fail", 25), "v4": ("inconclusive", 5)}
     workers.stop_all()
 
     decisions = query(
