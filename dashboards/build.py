@@ -30,7 +30,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards.clickhouse import PLUGIN, UID, Query
 from monitor.policy.config import Policy
-from monitor.policy.gates import FAIL, GATE_VALUES, INCONCLUSIVE, PASS
+from monitor.policy.gates import FAILED, GATE_VALUES, INCONCLUSIVE, PASSED
 
 OUT = Path(__file__).parent / "json"
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
@@ -262,7 +262,7 @@ def canary_rules(policy: Policy) -> list[tuple[str, str, str, float | None]]:
     ]  # fmt: skip
 
 
-GATE_COLOURS = {PASS: "green", FAIL: "red", INCONCLUSIVE: "yellow"}
+GATE_COLOURS = {PASSED: "green", FAILED: "red", INCONCLUSIVE: "yellow"}
 JUDGE_SERIES = 'model=~"$model", deployment="canary"'
 
 

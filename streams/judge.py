@@ -125,12 +125,9 @@ def add_judge_role(
         await (await scored.send(value=_msgpack.encode(batch)))
         graded = [r for r in batch.findings if r.finding.detector == JUDGE_DETECTOR]
         observe_findings(metrics, [r for r in graded if r.finding.category == "grade"])
-        sends = [
-            await windows_out.send(key=model.encode(), value=_msgpack.encode(ScoredBatch([], rows)))
-            for model, rows in windows_by_model(batch).items()
-        ]  # fmt: skip
-        for sent in sends:
-            await sent
+        for model, rows in windows_by_model(batch).items():  # a few per window_s
+            value = _msgpack.encode(ScoredBatch([], rows))
+            await (await windows_out.send(key=model.encode(), value=value))
 
     evaluator = build_evaluator(settings, metrics, publish)
     max_bytes = settings.pipeline.max_event_bytes

@@ -55,7 +55,7 @@ from detectors.bias import group_disparities
 from monitor.judge.pairwise import PairwiseWindow
 from monitor.policy.budgets import BudgetBook, BudgetSpend
 from monitor.policy.config import CountRule, Policy, RateRule
-from monitor.policy.gates import GATE_RULE, JUDGE_RULE, PASS, GateBook, PromotionGate, gate_of
+from monitor.policy.gates import GATE_RULE, JUDGE_RULE, PASSED, GateBook, PromotionGate, gate_of
 from monitor.policy.grouping import (
     RESOLVED,
     AttachedRule,
@@ -511,7 +511,7 @@ class PolicyEngine:
         if not self.policy.rollback.judge_win_rate.gate_promotion:
             return True
         gate = self.gates.get(*series)
-        return gate is not None and gate.verdict == PASS
+        return gate is not None and gate.verdict == PASSED
 
     # -- the LLM judge ---------------------------------------------------------------------------
 

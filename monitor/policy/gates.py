@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Final, Literal
 
 import msgspec
 
@@ -29,9 +30,12 @@ log = logging.getLogger(__name__)
 
 GATE_RULE = "gate.judge_win_rate"
 JUDGE_RULE = "rollback.judge_win_rate"
-PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+Verdict = Literal["pass", "fail", "inconclusive"]
+PASSED: Final = "pass"
+FAILED: Final = "fail"
+INCONCLUSIVE: Final = "inconclusive"
 # llm_monitor_promotion_gate's values: Prometheus-side gates read `== 1`.
-GATE_VALUES = {PASS: 1.0, FAIL: 0.0, INCONCLUSIVE: -1.0}
+GATE_VALUES = {PASSED: 1.0, FAILED: 0.0, INCONCLUSIVE: -1.0}
 
 
 class PromotionGate(msgspec.Struct, kw_only=True):
@@ -40,7 +44,7 @@ class PromotionGate(msgspec.Struct, kw_only=True):
     model: str
     model_version: str
     deployment: str
-    verdict: str  # pass | fail | inconclusive
+    verdict: Verdict
     win_rate: float
     low: float
     high: float
@@ -61,7 +65,7 @@ def gate_of(
     """The gate ``window`` gives its canary version at ``threshold`` with ``min_pairs``."""
     r = window.win_rate
     passed = promotion_gate(r.low, threshold, n=r.n, min_pairs=min_pairs)
-    verdict = INCONCLUSIVE if passed is None else PASS if passed else FAIL
+    verdict: Verdict = INCONCLUSIVE if passed is None else PASSED if passed else FAILED
     return PromotionGate(
         model=window.model, model_version=window.canary_version, deployment=deployment,
         verdict=verdict, win_rate=r.value, low=r.low, high=r.high, n=r.n, threshold=threshold,

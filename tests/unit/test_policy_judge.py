@@ -25,7 +25,7 @@ from monitor.policy.engine import EngineOutput, PolicyEngine
 from monitor.policy.gates import GATE_RULE, JUDGE_RULE
 from monitor.scoring.rows import FindingRow, ScoredBatch
 from streams.judge import windows_by_model
-from streams.policy import export_policy_state, judge_windows
+from streams.policy import GATE_PREFIX, INCIDENT_PREFIX, _Table, export_policy_state, judge_windows
 from tests.conftest import decoded_event
 from tests.unit.test_policy import T0, engine, window
 
@@ -274,3 +274,23 @@ def test_a_judge_rule_that_disagrees_with_the_judge_role_is_warned_about() -> No
     other = judge.model_copy(update={"canary_deployment": "preview"})
     (warning,) = judge_warnings(Policy(), other)
     assert "'preview' is not in the policy's canary_deployments" in warning
+
+
+def test_gates_share_the_workers_table_with_switches_and_incidents() -> None:
+    """In the worker, gates live in the killswitch table under their own prefix: they never
+    read as kill switches, and a restarted engine on the table has them."""
+    raw: dict[str, str | None] = {}
+
+    def on_table() -> PolicyEngine:
+        return PolicyEngine(
+            Policy(), _Table(raw), incidents=_Table(raw, INCIDENT_PREFIX),
+            gates=_Table(raw, GATE_PREFIX),
+        )  # fmt: skip
+
+    first = on_table()
+    first.observe_judge(judged(0, losses=25), "canary")
+    first.set_kill("m", "canary", engage=True, reason="r", actor="api")
+    assert [s.key for s in first.states()] == ["m/canary"]
+    restarted = on_table()
+    assert [(g.model_version, g.verdict) for g in restarted.promotion_gates()] == [("v2", "fail")]
+    assert restarted.observe_judge(judged(0, losses=25), "canary").decisions == []
