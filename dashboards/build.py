@@ -22,12 +22,15 @@ from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableRefresh,
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards.clickhouse import PLUGIN, UID, Query
 from monitor.policy.config import Policy
+from monitor.policy.gates import FAILED, GATE_VALUES, INCONCLUSIVE, PASSED
 
 OUT = Path(__file__).parent / "json"
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
@@ -259,8 +262,43 @@ def canary_rules(policy: Policy) -> list[tuple[str, str, str, float | None]]:
     ]  # fmt: skip
 
 
+GATE_COLOURS = {PASSED: "green", FAILED: "red", INCONCLUSIVE: "yellow"}
+JUDGE_SERIES = 'model=~"$model", deployment="canary"'
+
+
+def judge_panels(policy: Policy) -> list[timeseries.Panel | stat.Panel]:
+    """The LLM judge's canary-vs-stable win rate with its interval and the policy's gate
+    threshold; the prompts compared; the promotion gate per canary version."""
+    gate = (
+        stat_panel("Promotion gate (LLM judge)",
+                   prom(f"max by (model, model_version) (llm_monitor_promotion_gate"
+                        f"{{{JUDGE_SERIES}}})", "{{model}} {{model_version}}"))
+        .mappings([ValueMap({
+            f"{value:g}": ValueMappingResult(text=verdict, color=GATE_COLOURS[verdict])
+            for verdict, value in GATE_VALUES.items()
+        })])
+    )  # fmt: skip
+    return [
+        series_panel(
+            "LLM judge: canary win rate against stable, with its interval",
+            prom(f"max by (model, model_version, bound) (llm_monitor_judge_win_rate"
+                 f'{{{JUDGE_SERIES}, bound=~"value|low|high"}})',
+                 "canary {{model_version}} {{bound}}"),
+            unit="percentunit", line=policy.rollback.judge_win_rate.threshold,
+            description="Position-swapped pairwise comparisons on the same prompts, per "
+            "closed window, with the paired bootstrap interval. The gate passes when low is at "
+            "least the line; the policy rolls back when high is below it.",
+        ),
+        stat_panel("LLM judge: prompts compared (latest window)",
+                   prom(f"max by (model, model_version) (llm_monitor_judge_win_rate"
+                        f'{{{JUDGE_SERIES}, bound="n"}})', "{{model}} {{model_version}}")),
+        gate,
+    ]  # fmt: skip
+
+
 def canary_vs_stable(policy: Policy) -> db.Dashboard:
-    """Each policy rule of the canary: its value and bounds, stable's value, the threshold."""
+    """Each policy rule of the canary: its value and bounds, stable's value, the threshold;
+    the LLM judge's win rate and the promotion gate."""
     board = (
         base("llm-monitor-canary", "LLM monitor: canary vs stable",
              "Each policy metric of the canary with its confidence band (the bounds the policy "
@@ -291,6 +329,8 @@ def canary_vs_stable(policy: Policy) -> db.Dashboard:
                 )
             )
         board = board.with_panel(series_panel(title, *queries, unit=unit, line=threshold))
+    for panel in judge_panels(policy):
+        board = board.with_panel(panel)
     return board
 
 

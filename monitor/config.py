@@ -54,6 +54,11 @@ class KafkaSettings(BaseModel):
     actions_topic: str = "llm.actions"
     control_topic: str = "llm.control"
     policy_topic: str = "llm.policy"
+    judge_topic: str = Field(
+        default="llm.judge",
+        description="the judge role's closed pairwise windows for the policy role, keyed by "
+        "model (they are also stored from llm.scored)",
+    )
     otlp_spans_topic: str = Field(
         default="otlp_spans",
         description="OTLP traces from the Collector's Kafka exporter (protobuf or JSON): one "

@@ -81,6 +81,7 @@ class Metrics:
     policy_rule: Gauge
     killswitch_engaged: Gauge
     budget_spent_ratio: Gauge
+    promotion_gate: Gauge
     actions: Counter
     webhook_attempts: Counter
     killswitch_api_calls: Counter
@@ -370,6 +371,12 @@ def _create(registry: CollectorRegistry, max_label_values: int) -> Metrics:
             "llm_monitor_budget_spent_ratio",
             "Spend in a policy budget's current period over its limit (1 = the limit).",
             ("budget", "model"),
+        ),
+        promotion_gate=gauge(
+            "llm_monitor_promotion_gate",
+            "The policy's promotion gate of a canary version from the LLM judge's newest "
+            "pairwise window: 1 pass, 0 fail, -1 inconclusive (too few pairs).",
+            SERIES,
         ),
         actions=counter(
             "llm_monitor_actions", "Actions published (rollback, kill, resume).", ("action",)

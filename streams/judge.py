@@ -5,8 +5,11 @@ never holds back the score role; decoding and sampling are all its handler does 
 offsets commit. The judge calls run on the evaluator's workers (monitor/judge/evaluator.py)
 from a bounded queue: when the judge is slow or the hourly budget is spent, samples are shed
 and counted (``llm_monitor_judge_shed_total``), never waited for. Findings (``judge``,
-``judge_pairwise``) go to the scored topic, where the sink stores them like any other.
-A job still queued when the worker stops is lost: the judge samples, it does not account.
+``judge_pairwise``) go to the scored topic, where the sink stores them like any other; the
+closed pairwise windows also go to the judge topic (``llm.judge``), keyed by model like the
+windows topic, where the policy role sets promotion gates and judges
+``rollback.judge_win_rate`` on them (streams/policy.py). A job still queued when the worker
+stops is lost: the judge samples, it does not account.
 """
 
 from __future__ import annotations
@@ -24,11 +27,16 @@ from monitor.errors import ConfigError, SchemaError
 from monitor.ingest.decode import RawMessage
 from monitor.ingest.events import decode_event
 from monitor.judge.client import Budget, JudgeClient
-from monitor.judge.evaluator import JUDGE_DETECTOR, EvaluatorConfig, JudgeEvaluator
+from monitor.judge.evaluator import (
+    JUDGE_DETECTOR,
+    PAIRWISE_DETECTOR,
+    EvaluatorConfig,
+    JudgeEvaluator,
+)
 from monitor.judge.pairwise import PairBuffer
 from monitor.judge.rubric import DEFAULT_GRADE_TEMPLATE, DEFAULT_PAIRWISE_TEMPLATE, Rubric
 from monitor.metrics import Metrics
-from monitor.scoring.rows import ScoredBatch
+from monitor.scoring.rows import FindingRow, ScoredBatch
 from streams.batches import BatchConsumer, run_with_app
 from streams.observe import observe_findings
 
@@ -89,6 +97,16 @@ def build_evaluator(
     )  # fmt: skip
 
 
+def windows_by_model(batch: ScoredBatch) -> dict[str, list[FindingRow]]:
+    """The closed pairwise windows in ``batch`` per model: what the judge topic carries,
+    keyed by model so the policy worker owning the model's windows and incidents reads them."""
+    out: dict[str, list[FindingRow]] = {}
+    for row in batch.findings:
+        if row.finding.detector == PAIRWISE_DETECTOR and row.finding.category == "window":
+            out.setdefault(row.model, []).append(row)
+    return out
+
+
 class _JudgeConsumer(BatchConsumer):
     """The events topic under the judge's own group; it leaves the events topic's lag gauge
     to the score role (the judge's handler commits at once: its backlog is its queue)."""
@@ -101,12 +119,15 @@ def add_judge_role(
     app: faust.App, settings: Settings, metrics: Metrics, topics: dict[str, Any]
 ) -> None:
     k = settings.kafka
-    scored = topics[k.scored_topic]
+    scored, windows_out = topics[k.scored_topic], topics[k.judge_topic]
 
     async def publish(batch: ScoredBatch) -> None:
         await (await scored.send(value=_msgpack.encode(batch)))
         graded = [r for r in batch.findings if r.finding.detector == JUDGE_DETECTOR]
         observe_findings(metrics, [r for r in graded if r.finding.category == "grade"])
+        for model, rows in windows_by_model(batch).items():  # a few per window_s
+            value = _msgpack.encode(ScoredBatch([], rows))
+            await (await windows_out.send(key=model.encode(), value=value))
 
     evaluator = build_evaluator(settings, metrics, publish)
     max_bytes = settings.pipeline.max_event_bytes

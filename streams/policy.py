@@ -1,11 +1,13 @@
 """The ``policy`` role: decisions from window snapshots, actions to webhooks, the kill switch.
 
-One agent reads ``llm.windows`` and ``llm.control`` (both keyed by model, so one worker owns
-every series and the kill switches of a model) and runs ``PolicyEngine``; the kill-switch
-states and the incidents (one per model/deployment episode, with their rules' firing state)
-live in a changelog-backed table and survive restarts. With ``policy.alertmanager.urls`` set,
-each incident is pushed to Alertmanager as it changes (monitor/policy/alertmanager.py) and
-re-sent while it fires. Decisions, kill-switch changes,
+One agent reads ``llm.windows``, ``llm.control`` and ``llm.judge`` (all keyed by model, so one
+worker owns every series and the kill switches of a model) and runs ``PolicyEngine``; the
+judge topic carries the LLM judge's closed pairwise windows, which set each canary version's
+promotion gate and feed ``rollback.judge_win_rate``. The kill-switch states, the incidents
+(one per model/deployment episode, with their rules' firing state), the budgets' periods and
+the promotion gates live in a changelog-backed table and survive restarts. With
+``policy.alertmanager.urls`` set, each incident is pushed to Alertmanager as it changes
+(monitor/policy/alertmanager.py) and re-sent while it fires. Decisions, kill-switch changes,
 incidents and API audit entries go to ``llm.policy`` for the sink; acting decisions go to
 ``llm.actions``, where the dispatch agent delivers them (offsets commit after delivery or
 the deadline). The HTTP surfaces (kill-switch API, Flagger gate, status) are in
@@ -23,7 +25,7 @@ import logging
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import faust
 import msgspec
@@ -32,13 +34,18 @@ from pydantic import SecretStr
 from detectors.calibration import measured_false_positive_rates
 from monitor.config import Settings
 from monitor.errors import ConfigError
+from monitor.judge.evaluator import pairwise_window_of
+from monitor.judge.pairwise import PairwiseWindow
 from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
 from monitor.policy.alertmanager import AlertmanagerPusher
-from monitor.policy.checks import false_positive_warnings
+from monitor.policy.checks import false_positive_warnings, judge_warnings
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
+from monitor.policy.gates import GATE_VALUES
+from monitor.policy.grouping import latest_revisions
 from monitor.policy.records import ActionAttempt, ActionRequest, AuditEntry, PolicyRecords
+from monitor.scoring.rows import ScoredBatch
 from monitor.windows.stats import WindowStats
 from streams.codecs import with_table_codec
 from streams.kafka import deliver, raw_message, send_internal_dead_letter
@@ -50,12 +57,15 @@ GAUGE_INTERVAL_S = 1.0
 # under "<model>/<deployment>", incidents under this prefix and the same.
 INCIDENT_PREFIX = "incident|"
 BUDGET_PREFIX = "budget|"  # the budgets' periods (monitor/policy/budgets.py)
+GATE_PREFIX = "gate|"  # the promotion gates (monitor/policy/gates.py)
+STATE_PREFIXES: Final = (INCIDENT_PREFIX, BUDGET_PREFIX, GATE_PREFIX)
 # Rules the engine judges in milliseconds; their gauges are exported in base units.
 MILLISECOND_RULES = frozenset({"rollback.p99_latency"})
 MS_TO_SECONDS = 0.001
 
 _window = msgspec.msgpack.Decoder(WindowStats)
 _action = msgspec.json.Decoder(ActionRequest)
+_scored = msgspec.msgpack.Decoder(ScoredBatch)
 _msgpack = msgspec.msgpack.Encoder()
 
 
@@ -71,6 +81,30 @@ class ControlCommand(msgspec.Struct, kw_only=True):
 
 
 _command = msgspec.json.Decoder(ControlCommand)
+
+
+@dataclass(frozen=True)
+class JudgeWindows:
+    """A judge topic record: closed pairwise windows, each with its canary's deployment."""
+
+    windows: list[tuple[PairwiseWindow, str]]
+
+
+def judge_windows(value: bytes) -> JudgeWindows:
+    """The windows a judge topic record carries. Raises ``msgspec.DecodeError`` when it does
+    not decode, ``ValueError`` when one of its findings is not a pairwise window result."""
+    batch = _scored.decode(value)
+    windows = []
+    for row in batch.findings:
+        window = pairwise_window_of(row)
+        if window is None:
+            f = row.finding
+            raise ValueError(
+                f"finding {f.request_id!r} ({f.detector}, {f.category}) is not a judge "
+                "pairwise window result"
+            )
+        windows.append((window, row.deployment))
+    return JudgeWindows(windows)
 
 
 def _secret(value: SecretStr | None) -> bytes:
@@ -93,7 +127,8 @@ def check_policy(settings: Settings) -> Policy:
             "signed. Fix: set LLM_MONITOR_POLICY__WEBHOOK_SECRET (e.g. `openssl rand -hex 32`) "
             "and give receivers the same secret."
         )
-    for warning in false_positive_warnings(policy, measured_false_positive_rates()):
+    warnings = false_positive_warnings(policy, measured_false_positive_rates())
+    for warning in warnings + judge_warnings(policy, settings.judge):
         log.warning("policy: %s", warning)
     return policy
 
@@ -135,6 +170,14 @@ class PolicyRole:
         if sends:
             await asyncio.gather(*sends)
 
+    def decide_judge(self, item: JudgeWindows) -> EngineOutput:
+        """The engine's gates and ``rollback.judge_win_rate`` verdicts on ``item``'s windows."""
+        out = EngineOutput()
+        for window, deployment in item.windows:
+            out.extend(self.engine.observe_judge(window, deployment))
+        out.incidents = latest_revisions(out.incidents)
+        return out
+
     def decide_kill(self, command: ControlCommand) -> EngineOutput:
         """The engine's engage or release for ``command`` (state changed, nothing published)."""
         return self.engine.set_kill(
@@ -162,7 +205,7 @@ def add_policy_role(
     with_table_codec(table, metrics.changelog_skipped.labels("killswitch").inc)
     engine = PolicyEngine(
         policy, _Table(table), incidents=_Table(table, INCIDENT_PREFIX),
-        budgets=_Table(table, BUDGET_PREFIX),
+        budgets=_Table(table, BUDGET_PREFIX), gates=_Table(table, GATE_PREFIX),
     )  # fmt: skip
     role = PolicyRole(
         policy, engine, metrics,
@@ -177,23 +220,34 @@ def add_policy_role(
     secret = _secret(settings.policy.webhook_secret)
     dispatcher = Dispatcher(policy.webhooks, secret) if secret else None
     inbound = app.topic(
-        k.windows_topic, k.control_topic, key_type=bytes, value_type=bytes,
+        k.windows_topic, k.control_topic, k.judge_topic, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw",
     )  # fmt: skip
     refuse = partial(_refuse, topics[k.dlq_topic], metrics)
 
+    def decode(topic: str, value: bytes) -> WindowStats | ControlCommand | JudgeWindows:
+        if topic == k.windows_topic:
+            return _window.decode(value)
+        if topic == k.judge_topic:
+            return judge_windows(value)
+        return _command.decode(value)
+
     @app.agent(inbound, name="policy")
     async def decide(stream: Any) -> None:
         async for event in stream.events():
-            decoder = _window if event.message.topic == k.windows_topic else _command
             try:
-                item = decoder.decode(event.value)
+                item = decode(event.message.topic, event.value)
             except msgspec.DecodeError as exc:
                 await refuse(event, REASON_UNDECODABLE, exc)
+                continue
+            except ValueError as exc:  # decodes, but holds something other than windows
+                await refuse(event, REASON_UNPROCESSABLE, exc)
                 continue
             try:  # the engine is pure: a failure here is this record's, not the cluster's
                 if isinstance(item, WindowStats):
                     out = role.engine.observe(item)
+                elif isinstance(item, JudgeWindows):
+                    out = role.decide_judge(item)
                 else:
                     out = role.decide_kill(item)
             except Exception as exc:
@@ -223,7 +277,7 @@ def add_policy_role(
 
             await dispatcher.deliver(request, record)
 
-    for topic in (k.windows_topic, k.control_topic, k.actions_topic):
+    for topic in (k.windows_topic, k.control_topic, k.judge_topic, k.actions_topic):
         for reason in (REASON_UNDECODABLE, REASON_UNPROCESSABLE):
             metrics.internal_dead_letters.labels(topic, reason)  # zeros the alert sees
 
@@ -253,7 +307,8 @@ async def _refuse(dlq: Any, metrics: Metrics, event: Any, reason: str, exc: Exce
 
 
 def export_policy_state(engine: PolicyEngine, policy: Policy, metrics: Metrics) -> None:
-    """Kill switches, active rollbacks, rollout stages and each rule's bounds as gauges."""
+    """Kill switches, active rollbacks, rollout stages, each rule's bounds, budgets and the
+    promotion gates as gauges."""
     for state in engine.states():
         metrics.killswitch_engaged.labels(
             metrics.guard("model", state.model), metrics.guard("deployment", state.deployment)
@@ -276,13 +331,16 @@ def export_policy_state(engine: PolicyEngine, policy: Policy, metrics: Metrics) 
         metrics.budget_spent_ratio.labels(
             metrics.guard("budget", spend.budget), metrics.guard("model", spend.model)
         ).set(spend.ratio)
+    for gate in engine.promotion_gates():
+        series = metrics.series(gate.model, gate.model_version, gate.deployment)
+        metrics.promotion_gate.labels(*series).set(GATE_VALUES[gate.verdict])
 
 
 class _Table(MutableMapping[str, str]):
     """A faust table as a mapping of JSON text, the shape the engine keeps its switches and
-    incidents in. ``prefix`` picks a key space: "" the kill switches (every key without
-    ``INCIDENT_PREFIX`` or ``BUDGET_PREFIX``), ``INCIDENT_PREFIX`` the incidents,
-    ``BUDGET_PREFIX`` the budgets' periods."""
+    incidents in. ``prefix`` picks a key space: "" the kill switches (every key without one of
+    ``STATE_PREFIXES``), ``INCIDENT_PREFIX`` the incidents, ``BUDGET_PREFIX`` the budgets'
+    periods, ``GATE_PREFIX`` the promotion gates."""
 
     def __init__(self, table: Any, prefix: str = "") -> None:
         self._table = table
@@ -291,7 +349,7 @@ class _Table(MutableMapping[str, str]):
     def _mine(self, key: str) -> bool:
         if self._prefix:
             return key.startswith(self._prefix)
-        return not key.startswith((INCIDENT_PREFIX, BUDGET_PREFIX))
+        return not key.startswith(STATE_PREFIXES)
 
     def __getitem__(self, key: str) -> str:
         value = self._table[self._prefix + key]

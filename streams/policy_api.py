@@ -258,4 +258,7 @@ def add_status_view(app: faust.App, api: PolicyApi) -> None:
                      "action": i.action, "rules": i.rules, "opened_at_ms": i.opened_at_ms}
                     for i in role.engine.open_incidents()
                 ],
+                "promotion_gates": [
+                    msgspec.to_builtins(g) for g in role.engine.promotion_gates()
+                ],
             })  # fmt: skip

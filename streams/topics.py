@@ -29,7 +29,7 @@ def stream_topics(kafka: KafkaSettings) -> tuple[str, ...]:
     return (
         kafka.events_topic, kafka.dlq_topic, kafka.embed_topic, kafka.scored_topic,
         kafka.partials_topic, kafka.windows_topic, kafka.actions_topic, kafka.control_topic,
-        kafka.policy_topic, *spans,
+        kafka.policy_topic, kafka.judge_topic, *spans,
     )  # fmt: skip
 
 

@@ -80,12 +80,16 @@ def progress_of(url: str) -> Progressed:
 
 
 JUDGE_ENABLED_ENV = "LLM_MONITOR_JUDGE__ENABLED"
+# Pairs a judge window needs before its gate is a verdict: the demo judge's and its policy's.
+DEMO_JUDGE_MIN_PAIRS = 10
 
 
 def start_demo_judge(env: dict[str, str]) -> LoopbackJudge | None:
     """A loopback LLM judge for the demo (unless the user configured a judge): it grades a
     tenth of the events and compares canary and stable answers to the same prompt. It always
-    prefers the first answer shown, so the position swap has something to remove."""
+    prefers the first answer shown, so the position swap has something to remove; between
+    answers it prefers the one without ``wrong`` in it, so the policy's
+    ``rollback.judge_win_rate`` fires only for a canary whose answers are worse."""
     if JUDGE_ENABLED_ENV in os.environ:
         return None
     judge = LoopbackJudge("demo-judge", first_bias=1.0)
@@ -95,7 +99,7 @@ def start_demo_judge(env: dict[str, str]) -> LoopbackJudge | None:
         "LLM_MONITOR_JUDGE__ENDPOINT": f"{url}/v1",
         "LLM_MONITOR_JUDGE__MODEL": "loopback-judge",
         "LLM_MONITOR_JUDGE__SAMPLE_RATE": "0.1",
-        "LLM_MONITOR_JUDGE__MIN_PAIRS": "10",
+        "LLM_MONITOR_JUDGE__MIN_PAIRS": str(DEMO_JUDGE_MIN_PAIRS),
         "LLM_MONITOR_JUDGE__WINDOW_S": "120",
         "LLM_MONITOR_JUDGE__LATENESS_S": "0",
     })  # fmt: skip
@@ -140,6 +144,8 @@ def start_demo_policy(data_dir: Path) -> DemoPolicy:
     policy = {
         "cooldown_s": 0,  # one action per rule, so every seeded incident shows its own
         "webhooks": {name: [f"{base}/{name}"] for name in ("rollback", "kill", "resume")},
+        # the promotion gate and rollback.judge_win_rate need as many pairs as the demo judge
+        "rollback": {"judge_win_rate": {"min_pairs": DEMO_JUDGE_MIN_PAIRS}},
     }
     path = data_dir / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))

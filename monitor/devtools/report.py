@@ -297,3 +297,52 @@ def print_judge(settings: Settings) -> None:
             "FROM {db:Identifier}.v_judge_pairwise_windows ORDER BY model, window_start"
         ),
     ))  # fmt: skip
+    _print_judge_policy(rows)
+
+
+# The policy's decisions on the judge's windows, read on the win-rate side: the gate's are
+# (observed = win rate), the rollback rule's are on the loss side (1 - win rate).
+JUDGE_DECISIONS = (
+    "SELECT rule, outcome, model, model_version, window_start, n, "
+    "if(rule = 'gate.judge_win_rate', observed, 1 - observed) AS win_rate, "
+    "if(rule = 'gate.judge_win_rate', bound_low, 1 - bound_high) AS low, "
+    "if(rule = 'gate.judge_win_rate', bound_high, 1 - bound_low) AS high, incident_id "
+    "FROM {db:Identifier}.decisions FINAL "
+    "WHERE rule IN ('gate.judge_win_rate', 'rollback.judge_win_rate') "
+    "ORDER BY model, model_version, window_start, decided_at, rule"
+)
+
+
+def _print_judge_policy(rows: Rows) -> None:
+    """The promotion gate of each canary version and ``rollback.judge_win_rate``, as the
+    policy decided them on the judge's windows (each verdict change), then a one-line
+    summary: every version's newest gate, and whether the rule rolled anything back."""
+    decisions = rows(JUDGE_DECISIONS)
+    console.print(_table(
+        "Policy on the LLM judge: promotion gate and rollback.judge_win_rate (verdict changes)",
+        ["rule", "outcome", "model", "canary", "window", "pairs", "win rate", "interval",
+         "incident"],
+        [(rule, outcome, model, version, start, n, round(rate, 3),
+          f"[{low:.3f}, {high:.3f}]", incident)
+         for rule, outcome, model, version, start, n, rate, low, high, incident in decisions],
+    ))  # fmt: skip
+    newest: dict[tuple[str, str], str] = {}
+    verdict: dict[tuple[str, str], str] = {}  # the newest pass or fail
+    fired = []
+    for rule, outcome, model, version, *_ in decisions:  # in window order
+        if rule == "gate.judge_win_rate":
+            newest[(model, version)] = outcome
+            if outcome != "inconclusive":
+                verdict[(model, version)] = outcome
+        elif outcome in ("fire", "attached", "suppressed", "dry_run"):
+            fired.append(f"{model}/{version} ({outcome})")
+    gates = []
+    for (model, version), gate in newest.items():
+        last = verdict.get((model, version))
+        held = f" (last verdict: {last})" if gate == "inconclusive" and last else ""
+        gates.append(f"{model}/{version} {gate}{held}")
+    shown = ", ".join(gates) or "no window decided yet"
+    console.print(
+        f"promotion gate (newest window): {shown}; rollback.judge_win_rate fired: "
+        f"{', '.join(fired) or 'no (no canary surely worse per the judge)'}"
+    )

@@ -368,7 +368,8 @@ class JudgeEvaluator:
 
 def pairwise_window_of(row: FindingRow) -> PairwiseWindow | None:
     """The window result a ``judge_pairwise`` window finding carries (None for any other
-    finding): what a policy role reading ``llm.scored`` hands to ``promotion_gate``."""
+    finding): what the policy role reads off the judge topic (streams/policy.py) and hands to
+    ``PolicyEngine.observe_judge``."""
     f = row.finding
     if f.detector != PAIRWISE_DETECTOR or f.category != "window":
         return None

@@ -124,21 +124,31 @@ class PairwiseWindow:
     win_rate: WinRate
 
 
+Slot = tuple[str, str, int]  # (model, canary version, window start ms)
+
+
 @dataclass
 class PairwiseWindows:
-    """Outcomes per (model, canary version, window); ``close(watermark_ms)`` returns (and
-    forgets) the windows that ended at least ``lateness_ms`` before the watermark."""
+    """Outcomes per (model, canary version, window); ``close(watermark_ms)`` returns the
+    windows that ended at least ``lateness_ms`` before the watermark. A closed window's
+    outcomes are kept (the newest ``max_closed`` windows), so a pair judged after its window
+    closed (a judge behind a backlog) reopens it whole: its next result is the window's, every
+    pair in it, never the late pairs alone."""
 
     window_s: int = 300
     lateness_ms: int = 0
     confidence: float = 0.95
     resamples: int = 2000
-    _open: dict[tuple[str, str, int], tuple[list[float], set[str]]] = field(default_factory=dict)
+    max_closed: int = 1024
+    _open: dict[Slot, tuple[list[float], set[str]]] = field(default_factory=dict)
+    _closed: dict[Slot, tuple[list[float], set[str]]] = field(default_factory=dict)
 
     def add(self, pair: Pair, outcome: float) -> None:
         size = self.window_s * 1000
         start = pair.time_ms - pair.time_ms % size
         slot = (pair.canary.model, pair.canary.model_version, start)
+        if slot not in self._open and slot in self._closed:
+            self._open[slot] = self._closed.pop(slot)
         outcomes, stables = self._open.setdefault(slot, ([], set()))
         outcomes.append(outcome)
         stables.add(pair.stable.model_version)
@@ -151,8 +161,11 @@ class PairwiseWindows:
     def close_all(self) -> list[PairwiseWindow]:
         return [self._result(slot) for slot in sorted(self._open, key=lambda s: s[2])]
 
-    def _result(self, slot: tuple[str, str, int]) -> PairwiseWindow:
+    def _result(self, slot: Slot) -> PairwiseWindow:
         outcomes, stables = self._open.pop(slot)
+        self._closed[slot] = (outcomes, stables)
+        while len(self._closed) > self.max_closed:  # the oldest closed first
+            del self._closed[next(iter(self._closed))]
         model, version, start = slot
         seed = int.from_bytes(hashlib.blake2b(repr(slot).encode(), digest_size=4).digest())
         rate = paired_bootstrap(

@@ -1,5 +1,6 @@
 """Policy rules that benign traffic alone would fire, found from the detectors' measured
-false-positive rates (the figures shipped with each detector's calibration).
+false-positive rates (the figures shipped with each detector's calibration); and a judge rule
+that disagrees with the judge role's own settings.
 
 A rate rule whose threshold sits near or below a detector's false-positive rate on ordinary
 requests and answers rolls back healthy canaries: the detector's noise is the signal it
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from monitor.config import JudgeSettings
 from monitor.policy.config import CountRule, Policy, RateRule
 
 MARGIN = 2.0  # a rate threshold under this many times the false-positive rate has no headroom
@@ -30,6 +32,31 @@ def false_positive_warnings(policy: Policy, rates: Mapping[str, float]) -> list[
     for field, count in (("rollback.safety_incidents", rollback.safety_incidents),
                          ("kill_switch.data_breach", kill.data_breach)):  # fmt: skip
         warnings += _count(field, count, policy.min_samples, rates)
+    return warnings
+
+
+def judge_warnings(policy: Policy, judge: JudgeSettings) -> list[str]:
+    """Where ``rollback.judge_win_rate`` and an enabled judge role disagree: another gate
+    threshold or minimum of pairs (the gate the judge records on each window and the policy's
+    would differ), or a canary deployment the policy does not treat as one (its windows would
+    be ignored)."""
+    rule = policy.rollback.judge_win_rate
+    if not judge.enabled:
+        return []
+    warnings = []
+    if (rule.threshold, rule.min_pairs) != (judge.gate_threshold, judge.min_pairs):
+        warnings.append(
+            f"rollback.judge_win_rate (threshold {rule.threshold:g}, min_pairs "
+            f"{rule.min_pairs}) differs from judge.gate_threshold {judge.gate_threshold:g} / "
+            f"judge.min_pairs {judge.min_pairs}: the gate stored with each judge window and "
+            "the policy's would disagree. Fix: set both to the same values."
+        )
+    if judge.canary_deployment not in policy.canary_deployments:
+        warnings.append(
+            f"judge.canary_deployment {judge.canary_deployment!r} is not in the policy's "
+            f"canary_deployments {policy.canary_deployments}: the judge's windows gate and "
+            "roll back nothing. Fix: add it to canary_deployments."
+        )
     return warnings
 
 

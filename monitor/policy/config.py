@@ -57,6 +57,20 @@ class ComparisonRule(_Strict):
     enabled: bool = True
 
 
+class JudgeRule(_Strict):
+    """The LLM judge's pairwise win rate of a canary against stable, from its closed windows
+    (docs/judge.md). The promotion gate passes when the win rate's lower bound is at least
+    ``threshold``; the rollback fires only when the canary is surely worse: the upper bound
+    below ``threshold``. Under ``min_pairs`` compared prompts both are inconclusive."""
+
+    threshold: float = Field(default=0.45, ge=0, le=1, description="as judge.gate_threshold")
+    min_pairs: int = Field(default=20, ge=1, description="as judge.min_pairs")
+    enabled: bool = Field(default=True, description="the rollback; the gate is always recorded")
+    gate_promotion: bool = Field(
+        default=False, description="rollout stages advance only while the canary's gate passes"
+    )
+
+
 class RollbackTriggers(_Strict):
     safety_incidents: CountRule = Field(
         default_factory=lambda: CountRule(max_count=2, detectors=["toxicity"])
@@ -74,6 +88,7 @@ class RollbackTriggers(_Strict):
     )
     bias_disparity: RateRule = Field(default_factory=lambda: RateRule(threshold=0.05))
     canary_vs_stable: ComparisonRule = Field(default_factory=ComparisonRule)
+    judge_win_rate: JudgeRule = Field(default_factory=JudgeRule)
 
 
 class KillConditions(_Strict):

@@ -35,6 +35,12 @@ Token and cost budgets (monitor/policy/budgets.py) count every window snapshot i
 calendar periods and fire ``budget.<name>.<percent>`` once per threshold per period, as
 alert-only incidents of their own (never grouped with, and never holding back, a rollback);
 their state lives in a third caller-supplied mapping.
+
+The LLM judge's closed pairwise windows (``observe_judge``) set each canary version's
+promotion gate (monitor/policy/gates.py, a fourth mapping) and feed
+``rollback.judge_win_rate``, judged on the loss side (1 − win rate) like any rate rule, so it
+fires only when the canary is surely worse than stable; it groups, acts and resolves like the
+others.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ from dataclasses import dataclass, field
 import msgspec
 
 from detectors.bias import group_disparities
+from monitor.judge.pairwise import PairwiseWindow
 from monitor.policy.budgets import BudgetBook, BudgetSpend
 from monitor.policy.config import CountRule, Policy, RateRule
+from monitor.policy.gates import GATE_RULE, JUDGE_RULE, PASSED, GateBook, PromotionGate, gate_of
 from monitor.policy.grouping import (
     RESOLVED,
     AttachedRule,
@@ -147,6 +155,7 @@ class Evaluation:
     min_samples: int
     detail: str = ""
     count_rule: bool = False
+    confidence: float | None = None  # None: the policy's (the judge's bootstrap has its own)
 
     @property
     def conclusive(self) -> bool:
@@ -217,12 +226,14 @@ class PolicyEngine:
         *,
         incidents: MutableMapping[str, str] | None = None,
         budgets: MutableMapping[str, str] | None = None,
+        gates: MutableMapping[str, str] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.policy = policy
         self.killswitch_store: MutableMapping[str, str] = {} if killswitch is None else killswitch
         self.incidents = IncidentBook(incidents)
         self.budgets = BudgetBook(policy, budgets, clock=clock)
+        self.gates = GateBook(gates)
         self._clock = clock
         self._windows: dict[Series, dict[int, WindowStats]] = {}
         self._rules: dict[tuple[Series, str], RuleState] = {}
@@ -319,10 +330,11 @@ class PolicyEngine:
 
     def _open(
         self, series: Series, rule: str, action: str, key: str, at: int, reason: str,
-        out: EngineOutput,
+        out: EngineOutput, evidence_from_ms: int | None = None,
     ) -> IncidentState:  # fmt: skip
-        """A new incident for the series' deployment, opened by ``rule``. An open one that
-        does not cover the series' version (a new canary) is closed as superseded."""
+        """A new incident for the series' deployment, opened by ``rule``; its evidence from
+        ``evidence_from_ms`` (None: the series' newest windows). An open one that does not
+        cover the series' version (a new canary) is closed as superseded."""
         model, version, deployment = series
         old = self.incidents.open(model, deployment)
         if old is not None:
@@ -331,11 +343,13 @@ class PolicyEngine:
                             f"{version} fired {rule}: a new episode"))  # fmt: skip
             out.incidents.append(self.incidents.save(old))
         merged = self._last_merged.get(series)
+        if evidence_from_ms is None:
+            evidence_from_ms = merged.window_start_ms if merged else at - 60_000
         incident = IncidentState(
             incident_id=incident_id_for(key), model=model, deployment=deployment,
             model_version=version, action=action, rule=rule, summary=reason,
             idempotency_key=key, opened_at_ms=at, updated_at_ms=at,
-            evidence_from_ms=merged.window_start_ms if merged else at - 60_000,
+            evidence_from_ms=evidence_from_ms,
         )  # fmt: skip
         incident.note(_entry(at, "opened", rule, version, action, key, reason))
         return incident
@@ -455,6 +469,7 @@ class PolicyEngine:
             or bound.high >= current.max_error_rate
             or self.rollback_active().get(series, False)
             or self.engaged(model, deployment)
+            or not self._gate_open(series)
         ):
             return EngineOutput()
         self._stage[series] = index + 1
@@ -488,6 +503,69 @@ class PolicyEngine:
                 )
             )  # fmt: skip
         return out
+
+    def _gate_open(self, series: Series) -> bool:
+        """Whether the judge's promotion gate lets the canary advance: always, unless the
+        policy asks for it (``rollback.judge_win_rate.gate_promotion``); then only while the
+        version's newest gate passes (none yet, failing or inconclusive: it waits)."""
+        if not self.policy.rollback.judge_win_rate.gate_promotion:
+            return True
+        gate = self.gates.get(*series)
+        return gate is not None and gate.verdict == PASSED
+
+    # -- the LLM judge ---------------------------------------------------------------------------
+
+    def observe_judge(self, window: PairwiseWindow, deployment: str) -> EngineOutput:
+        """Take one closed pairwise window of the LLM judge (canary ``window.canary_version``
+        of ``deployment`` against stable): set the version's promotion gate, recording a
+        ``gate.judge_win_rate`` decision when its verdict changes, and judge
+        ``rollback.judge_win_rate`` on the window. Windows of a deployment that is not a
+        canary of the policy change nothing; a window older than the version's newest one
+        moves neither the gate nor, once resolved, the rule (history, not news)."""
+        if deployment not in self.policy.canary_deployments:
+            return EngineOutput()
+        series = (window.model, window.canary_version, deployment)
+        rule, r = self.policy.rollback.judge_win_rate, window.win_rate
+        span = Merged(
+            events=r.n, window_start_ms=window.window_start_ms,
+            window_end_ms=window.window_end_ms, windows=1,
+        )  # fmt: skip
+        detail = (
+            f"win rate {r.value:.3f} [{r.low:.3f}, {r.high:.3f}] over {r.n} pairs "
+            f"({r.wins}/{r.ties}/{r.losses} wins/ties/losses), "
+            f"stable {','.join(window.stable_versions) or '?'}"
+        )
+        out = EngineOutput()
+        change = self.gates.update(gate_of(window, deployment, rule.threshold, rule.min_pairs))
+        if change.changed:
+            out.decisions.append(self._gate_decision(change.gate, r.confidence, detail))
+        if rule.enabled:
+            e = Evaluation(
+                JUDGE_RULE, "rollback", Bound(1 - r.value, 1 - r.high, 1 - r.low),
+                1 - rule.threshold, r.n, rule.min_pairs, detail=detail, confidence=r.confidence,
+            )  # fmt: skip
+            out.extend(self._transition(series, span, e))
+        out.incidents = latest_revisions(out.incidents)
+        return out
+
+    def promotion_gates(self) -> list[PromotionGate]:
+        """Every canary version's newest gate (for the gauge)."""
+        return self.gates.all()
+
+    def _gate_decision(self, gate: PromotionGate, confidence: float, detail: str) -> Decision:
+        """The decision row of a gate's new verdict: outcome pass, fail or inconclusive, on the
+        win rate's side (observed = win rate, threshold = the gate's)."""
+        series = (gate.model, gate.model_version, gate.deployment)
+        e = Evaluation(
+            GATE_RULE, "none", Bound(gate.win_rate, gate.low, gate.high), gate.threshold,
+            gate.n, gate.min_pairs, detail=detail, confidence=confidence,
+        )  # fmt: skip
+        span = Merged(
+            events=gate.n, window_start_ms=gate.window_start_ms,
+            window_end_ms=gate.window_end_ms, windows=1,
+        )  # fmt: skip
+        key = f"gate:{gate.model}:{gate.model_version}:{gate.deployment}:{GATE_RULE}:"
+        return self._decision(series, e, span, key + str(gate.window_start_ms), gate.verdict)
 
     def _evaluate(self, series: Series, m: Merged) -> Iterator[Evaluation]:
         """Rollback rules (canaries only) first, then kill conditions: a kill engaged by this
@@ -730,7 +808,7 @@ class PolicyEngine:
             window_start_ms=span.window_start_ms,
             window_end_ms=span.window_end_ms,
             windows=span.windows,
-            confidence=self.policy.confidence,
+            confidence=self.policy.confidence if e.confidence is None else e.confidence,
             dry_run=self.policy.dry_run,
             detail=e.detail,
             incident_id=incident_id,
@@ -750,7 +828,9 @@ class PolicyEngine:
                 model_version=version, rule=e.rule, idempotency_key=key, decision=decision,
             )  # fmt: skip
         out = EngineOutput()
-        incident = self._open(series, e.rule, "rollback", key, at, reason, out)
+        incident = self._open(
+            series, e.rule, "rollback", key, at, reason, out, decision.window_start_ms
+        )
         incident.attach(_attached(decision))
         out.actions.append(
             action_request(

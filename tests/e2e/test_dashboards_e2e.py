@@ -1,6 +1,8 @@
 """Every query proven: the pipeline with seeded traffic, a real Prometheus scraping the worker,
 every PromQL expression of every dashboard and alert rule through Prometheus's HTTP API, every
-ClickHouse panel (macros expanded) and every cookbook query against the chdb it filled."""
+ClickHouse panel (macros expanded) and every cookbook query against the chdb it filled. The
+worker runs the judge role against a loopback OpenAI-compatible judge, so the canary
+dashboard's judge panels (win rate, prompts compared, promotion gate) have series too."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,6 +25,7 @@ from dashboards.queries import expand_clickhouse, expand_promql, panel_queries
 from monitor.client import produce
 from monitor.devtools.broker import free_port
 from monitor.devtools.generate import generate_events
+from monitor.judge.loopback import LoopbackJudge
 from monitor.policy.receiver import Receiver
 from monitor.policy.signing import Verifier
 from monitor.storage.client import connect
@@ -78,6 +82,8 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
 ) -> None:
     receiver = Receiver(Verifier(SECRET.encode()))
     base = receiver.serve()
+    judge = LoopbackJudge("dashboards-judge", first_bias=1.0)
+    judge.start_in_thread()
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"cooldown_s": 0, "webhooks": {
         name: [f"{base}/{name}"] for name in ("rollback", "kill", "resume")}}))  # fmt: skip
@@ -88,6 +94,10 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
         "LLM_MONITOR_DETECTORS__DRIFT__ALPHA": "0.3",
         "LLM_MONITOR_DETECTORS__DRIFT__MIN_WINDOW_EVENTS": "10",
         "LLM_MONITOR_POLICY__FILE": str(policy), "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
+        # The judge's pairwise windows close within the run (a minute, no lateness).
+        "LLM_MONITOR_JUDGE__ENABLED": "true", "LLM_MONITOR_JUDGE__ENDPOINT": judge.base_url,
+        "LLM_MONITOR_JUDGE__MODEL": "loopback-judge", "LLM_MONITOR_JUDGE__WINDOW_S": "60",
+        "LLM_MONITOR_JUDGE__LATENESS_S": "0", "LLM_MONITOR_JUDGE__RESAMPLES": "500",
     })  # fmt: skip
     records = list(generate_events(6000, seed=12, bad_fraction=0.01))
     workers.start()
@@ -99,12 +109,13 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
             timeout_s=240,
             what="every stored event through the embed role",
         )
-        wait_until(
-            lambda: promql(prometheus, "llm_monitor_drift_signals_total"),
-            "Prometheus to scrape llm_monitor_drift_signals_total",
-            timeout_s=60,
-            interval_s=1.0,
-        )
+        for metric in ("llm_monitor_drift_signals_total", "llm_monitor_promotion_gate"):
+            wait_until(
+                partial(promql, prometheus, metric),
+                f"Prometheus to scrape {metric}",
+                timeout_s=120,
+                interval_s=1.0,
+            )
         # one refused kill-switch call, so the audit log has a row (no token: API disabled)
         assert httpx.get(f"http://127.0.0.1:{workers.port}/killswitch").status_code == 503
         refused = 'llm_monitor_killswitch_api_calls_total{outcome="disabled"}'
@@ -139,6 +150,7 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
     finally:
         workers.stop_all()
         receiver.stop()
+        judge.stop_thread()
 
     client = connect(f"chdb://{workers.data_dir / 'chdb'}")
     now = datetime.now(UTC)

@@ -51,7 +51,7 @@ ROLE_INPUTS: dict[str, tuple[str, ...]] = {
     "score": (EVENTS,),
     "aggregate": ("llm.partials",),
     "sink": ("llm.scored", "llm.events.dlq", "llm.windows", "llm.policy"),
-    "policy": ("llm.windows", "llm.control", "llm.actions"),
+    "policy": ("llm.windows", "llm.control", "llm.judge", "llm.actions"),
 }
 ALL_INPUTS = tuple(dict.fromkeys(t for topics in ROLE_INPUTS.values() for t in topics))
 # Short sessions, so that a SIGKILLed member leaves its group in seconds, not the default 8 s.

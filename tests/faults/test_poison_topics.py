@@ -1,7 +1,7 @@
 """Poison on the topics the other poison tests leave out.
 
 tests/integration/test_sink_faults.py covers llm.scored, llm.events.dlq, llm.windows,
-llm.policy, llm.control, llm.actions and llm.embed; tests/integration/test_score_errors.py and
+llm.policy, llm.control, llm.judge, llm.actions and llm.embed; tests/integration/test_score_errors.py and
 tests/e2e/test_pipeline_e2e.py cover llm.events. Here:
 
 - llm.partials (the aggregate role's input): a record that does not decode is dead-lettered

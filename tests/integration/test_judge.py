@@ -1,7 +1,9 @@
 """The judge role end to end: a real broker, a real worker (subprocess), a loopback
 OpenAI-compatible judge on 127.0.0.1 and chdb. Grades and pairwise win rates with their
 intervals land in ClickHouse (findings, and the typed views of migration 0009) and in the
-metrics; the position-biased judge's identical answers tie at 50 %."""
+metrics; the position-biased judge's identical answers tie at 50 %. The policy role reads the
+windows off the judge topic: promotion gates, and a rollback for the canary that is surely
+worse."""
 
 from __future__ import annotations
 
@@ -80,8 +82,21 @@ def test_judge_role_stores_grades_and_win_rates(workers: WorkerHarness) -> None:
             ),
             what="both canary versions' windows closed and every event graded",
         )
+        # The policy role read the windows off the judge topic: v2 ties (its gate passes), v3
+        # loses every comparison (its gate fails, rollback.judge_win_rate fires).
+        gate = {"model": "gpt-4o", "deployment": "canary"}
         workers.wait_for(
-            lambda: workers.uncommitted(("llm.scored",)) == 0, what="every finding stored"
+            lambda: (
+                workers.metric("llm_monitor_promotion_gate", model_version="v2", **gate) == 1
+                and workers.metric("llm_monitor_policy_rollback_active", model_version="v3",
+                                   **gate) == 1
+            ),
+            what="v2's promotion gate passing and v3 rolled back on the judge's win rate",
+        )  # fmt: skip
+        assert workers.metric("llm_monitor_promotion_gate", model_version="v3", **gate) == 0
+        workers.wait_for(
+            lambda: workers.uncommitted(("llm.scored", "llm.policy")) == 0,
+            what="every finding and policy record stored",
         )
         assert workers.metric("llm_monitor_judge_requests_total", kind="grade",
                               outcome="parse_error") == 1  # fmt: skip
@@ -125,3 +140,9 @@ def test_judge_role_stores_grades_and_win_rates(workers: WorkerHarness) -> None:
     assert {(r["judge_family"], r["model_family"], r["same_family"]) for r in grades} == {
         ("anthropic", "openai", 0)
     }
+    fired = query(
+        workers.data_dir,
+        "SELECT model_version, outcome FROM llm_monitor.decisions FINAL "
+        "WHERE rule = 'rollback.judge_win_rate' AND outcome = 'fire'",
+    )
+    assert fired == [{"model_version": "v3", "outcome": "fire"}]

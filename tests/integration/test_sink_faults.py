@@ -1,10 +1,10 @@
 """Poison on every internal topic, next to valid traffic, through a real broker, worker and chdb.
 
 One record that cannot be decoded on each of llm.scored, llm.events.dlq, llm.windows,
-llm.policy, llm.control, llm.actions and llm.embed, and one window snapshot ClickHouse refuses
-(a negative count for a UInt64 column) in a batch of valid ones: every valid event and window
-is stored, each poison record is dead-lettered (a ``dead_letters`` row with its topic,
-partition and offset) and counted, and no agent crashes.
+llm.policy, llm.control, llm.judge, llm.actions and llm.embed, and one window snapshot
+ClickHouse refuses (a negative count for a UInt64 column) in a batch of valid ones: every
+valid event and window is stored, each poison record is dead-lettered (a ``dead_letters`` row
+with its topic, partition and offset) and counted, and no agent crashes.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ EXPECTED = {
     "llm.windows": ("undecodable", 2),
     "llm.policy": ("undecodable", 1),
     "llm.control": ("undecodable", 1),
+    "llm.judge": ("undecodable", 1),
     "llm.actions": ("undecodable", 1),
     "llm.embed": ("undecodable", 1),
 }

@@ -47,7 +47,7 @@ def test_threshold_lines_follow_the_policy() -> None:
     policy = Policy.model_validate({"rollback": {
         "error_rate": {"threshold": 0.10}, "p99_latency": {"threshold_ms": 2000},
         "detector_rates": {"toxicity": {"threshold": 0.03}},
-        "bias_disparity": {"threshold": 0.08},
+        "bias_disparity": {"threshold": 0.08}, "judge_win_rate": {"threshold": 0.40},
     }})  # fmt: skip
     built = build_all(policy)
     sre, canary = built["sre-overview"], built["canary-vs-stable"]
@@ -57,6 +57,9 @@ def test_threshold_lines_follow_the_policy() -> None:
     assert red_line(canary, "Error rate") == (0.10, "percentunit")
     assert red_line(canary, "p99 latency") == (2.0, "s")  # the rule gauge, in seconds
     assert red_line(canary, "Toxicity rate")[0] == 0.03
+    judge = "LLM judge: canary win rate against stable, with its interval"
+    assert red_line(default["canary-vs-stable"], judge) == (0.45, "percentunit")
+    assert red_line(canary, judge) == (0.40, "percentunit")
     no_rule = next(p for p in canary["panels"] if p["title"] == "Hallucination rate")
     assert "thresholds" not in no_rule["fieldConfig"]["defaults"]  # no rate rule: no line
 

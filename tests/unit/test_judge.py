@@ -271,6 +271,31 @@ def test_windows_close_behind_the_event_time_watermark() -> None:
     assert [(w.window_start_ms, w.win_rate.n) for w in windows.close_all()] == [(60_000, 1)]
 
 
+def test_a_pair_judged_after_its_window_closed_reopens_the_whole_window() -> None:
+    """A judge behind a backlog: the window's next result holds every pair of it, so it can
+    replace the first (findings, the policy's gate), not the late pair alone."""
+    windows = PairwiseWindows(window_s=60, lateness_ms=0, resamples=200, max_closed=1)
+    buffer = PairBuffer()
+
+    def judged(i: int, t: int, outcome: float) -> None:
+        buffer.offer(decoded_event(f"c{i}", timestamp=t, deployment="canary", prompt=f"p{i}",
+                                   response="x"))  # fmt: skip
+        pair = buffer.offer(decoded_event(f"s{i}", timestamp=t, prompt=f"p{i}", response="y"))
+        assert pair is not None
+        windows.add(pair, outcome)
+
+    for i in range(3):
+        judged(i, 1_000 + i, WIN)
+    assert [w.win_rate.n for w in windows.close(60_000)] == [3]
+    judged(3, 2_000, LOSS)  # late
+    (again,) = windows.close(60_000)
+    assert (again.window_start_ms, again.win_rate.n, again.win_rate.wins) == (0, 4, 3)
+    judged(4, 61_000, TIE)
+    assert [w.window_start_ms for w in windows.close(120_000)] == [60_000]
+    judged(5, 3_000, LOSS)  # only the newest closed window is kept: this one starts afresh
+    assert [(w.window_start_ms, w.win_rate.n) for w in windows.close_all()] == [(0, 1)]
+
+
 def test_the_judge_role_is_off_by_default_and_checked_when_asked_for() -> None:
     assert "judge" not in Settings().active_roles
     on = JudgeSettings(enabled=True, endpoint="http://127.0.0.1:1/v1/", model="gpt-judge")
