@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -302,6 +303,21 @@ def expected_outcome(
     return len(decoded.events), len(decoded.dead_letters) + refused
 
 
+def set_previous_database_aside(settings: Settings) -> Path | None:
+    """Each demo reports on its own run: the default embedded database a previous demo left in
+    the data directory moves to ``chdb.previous`` (replacing an older one), so its decisions
+    and incidents cannot mix with this run's. A configured ``storage.dsn`` is never touched."""
+    if settings.storage.dsn:
+        return None
+    current = settings.data_dir / "chdb"
+    if not current.exists():
+        return None
+    previous = settings.data_dir / "chdb.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    current.rename(previous)
+    return previous
+
+
 def run_demo(
     settings: Settings,
     records: list[tuple[bytes, bytes]],
@@ -324,6 +340,10 @@ def run_demo(
             )
     expected_events, expected_dead = expected_outcome(settings, records, input_format)
     ensure_data_dir(settings)
+    previous = set_previous_database_aside(settings)
+    if previous is not None:
+        console.print(f"[bold]database[/] the previous demo's moved to {previous} (query it "
+                      f"with LLM_MONITOR_STORAGE__DSN=chdb://{previous.resolve()})")  # fmt: skip
     logs = settings.data_dir / "logs"
     logs.mkdir(exist_ok=True)
     broker: BundledBroker | None = None
