@@ -97,6 +97,9 @@ class Throughput:
     paced: int
     worker_cpu_us_per_event: float
     broker_cpu_us_per_event: float
+    # Per worker process (its roles joined by "+"): the share of one core it used over the
+    # burst; the process near 1.0 is the one that limits throughput (one core of GIL time).
+    core_share: dict[str, float]
 
 
 def parse_args() -> argparse.Namespace:
@@ -145,7 +148,7 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> Throughput:
         for port in ports:
             wait_ready(f"http://127.0.0.1:{port}/health")
         sink_metrics = f"http://127.0.0.1:{ports[-1]}/metrics"
-        pids = [w.pid for w in workers]
+        pids = {"+".join(roles): w.pid for roles, w in zip(role_sets, workers, strict=True)}
         return measure(args, broker.bootstrap, sink_metrics, partitions, pids, broker.process.pid)
     finally:
         for worker in workers:
@@ -167,7 +170,7 @@ def measure(
     bootstrap: str,
     metrics_url: str,
     partitions: int,
-    pids: list[int],
+    pids: dict[str, int],
     broker_pid: int,
 ) -> Throughput:
     """A warm-up, the timed burst, the paced load for latency, then the bare-consume baseline
@@ -178,14 +181,17 @@ def measure(
     wait_stored(metrics_url, len(warm))
 
     burst = records(args.events, seed=2)
-    cpu_before, broker_before = cpu_seconds(pids), cpu_seconds([broker_pid])
+    before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
+    broker_before = cpu_seconds([broker_pid])
     started = time.perf_counter()
     asyncio.run(produce(bootstrap, TOPIC, burst))
     produced = time.perf_counter()
     finished = wait_stored(metrics_url, len(warm) + len(burst))
     pipeline_rate = len(burst) / (finished - started)
-    cpu_us = (cpu_seconds(pids) - cpu_before) / len(burst) * 1e6
+    used = {name: cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
+    cpu_us = sum(used.values()) / len(burst) * 1e6
     broker_us = (cpu_seconds([broker_pid]) - broker_before) / len(burst) * 1e6
+    core_share = {name: round(seconds / (finished - started), 2) for name, seconds in used.items()}
 
     paced = records(args.paced_rate * args.paced_seconds, seed=3)
     asyncio.run(paced_produce(bootstrap, paced, args.paced_rate))
@@ -201,6 +207,7 @@ def measure(
         paced=len(paced),
         worker_cpu_us_per_event=cpu_us,
         broker_cpu_us_per_event=broker_us,
+        core_share=core_share,
     )
 
 
@@ -247,6 +254,8 @@ def print_results(
         f"CPU per burst event: worker {t.worker_cpu_us_per_event:.0f} µs (every thread), "
         f"broker {t.broker_cpu_us_per_event:.0f} µs"
     )
+    shares = ", ".join(f"{name} {share:.2f}" for name, share in t.core_share.items())
+    print(f"cores used over the burst, per worker process: {shares}")
     print(
         f"latency produce->stored at {paced_rate} events/s over {n} events: "
         f"p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms"
@@ -258,6 +267,7 @@ def print_results(
         "ratio": round(t.pipeline_rate / t.baseline_rate, 3),
         "worker_cpu_us_per_event": round(t.worker_cpu_us_per_event, 1),
         "broker_cpu_us_per_event": round(t.broker_cpu_us_per_event, 1),
+        "core_share": t.core_share,
         "split_roles": split_roles,
         "paced_rate": paced_rate,
         "p50_ms": p50_ms,
