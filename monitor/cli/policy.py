@@ -119,13 +119,15 @@ def incident_report(
 @policy_app.command("check")
 def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> None:
     """Validate a policy file; errors name the field and the fix. Warns about rules benign
-    traffic alone could fire, given the detectors' measured false-positive rates."""
+    traffic alone could fire, given the detectors' measured false-positive rates, and about a
+    judge rule that disagrees with the judge settings (environment or config file)."""
     from detectors.calibration import measured_false_positive_rates
-    from monitor.policy.checks import false_positive_warnings
+    from monitor.policy.checks import false_positive_warnings, judge_warnings
     from monitor.policy.config import load_policy
 
     try:
         policy = load_policy(file)
+        judge = settings_for().judge
     except MonitorError as exc:
         fail(exc)
         return
@@ -136,7 +138,8 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
         f"webhooks rollback {len(hooks.rollback)} kill {len(hooks.kill)} resume "
         f"{len(hooks.resume)}"
     )
-    for warning in false_positive_warnings(policy, measured_false_positive_rates()):
+    warnings = false_positive_warnings(policy, measured_false_positive_rates())
+    for warning in warnings + judge_warnings(policy, judge):
         err.print(f"[yellow]warning:[/] {warning}")
 
 

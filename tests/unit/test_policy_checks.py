@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
 from detectors.calibration import measured_false_positive_rates
+from monitor.cli import app
 from monitor.policy.checks import false_positive_warnings
 from monitor.policy.config import Policy
 
@@ -65,3 +69,18 @@ def test_measured_rates_are_read_from_the_shipped_calibrations(tmp_path: Path) -
     )
     assert measured_false_positive_rates(tmp_path) == {"toxicity": 0.012, "injection": 0.018}
     assert set(measured_false_positive_rates()) >= {"toxicity", "injection"}  # shipped ones
+
+
+def test_policy_check_warns_when_the_judge_rule_and_the_judge_disagree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shipped = "deploy/policy/policy.yaml"
+    runner = CliRunner()
+    monkeypatch.setenv("LLM_MONITOR_JUDGE__ENABLED", "true")
+    monkeypatch.setenv("LLM_MONITOR_JUDGE__GATE_THRESHOLD", "0.4")
+    result = runner.invoke(app, ["policy", "check", shipped])
+    assert result.exit_code == 0, result.output
+    assert "judge.gate_threshold 0.4" in result.output and "Fix:" in result.output
+    monkeypatch.delenv("LLM_MONITOR_JUDGE__GATE_THRESHOLD")
+    result = runner.invoke(app, ["policy", "check", shipped])
+    assert result.exit_code == 0 and "judge.gate_threshold" not in result.output
