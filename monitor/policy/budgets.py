@@ -23,7 +23,6 @@ forgets what was spent nor fires a threshold twice. Per (budget, model) the newe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,9 +34,8 @@ import msgspec
 from monitor.policy.config import Budget, BudgetMetric, BudgetPeriod, Policy
 from monitor.policy.grouping import RESOLVED, IncidentState, incident_id_for
 from monitor.policy.records import ActionRequest, Decision, Incident, TimelineEntry
+from monitor.policy.state import decode_state
 from monitor.windows.stats import WindowStats
-
-log = logging.getLogger(__name__)
 
 BUDGET_ACTION: Final = "budget"
 NANO: Final = 1_000_000_000
@@ -320,13 +318,8 @@ class BudgetBook:
         self._loaded = True
         named = {b.name for b in self.policy.budgets}
         for key, raw in list(self.store.items()):
-            try:
-                state = _decoder.decode(raw)
-            except msgspec.DecodeError as exc:
-                log.warning("budget state %s that does not decode, forgotten: %s", key, exc)
-                del self.store[key]
-                continue
-            if state.budget not in named:
+            state = decode_state(_decoder, raw, f"budget {key}")
+            if state is None or state.budget not in named:
                 del self.store[key]
                 continue
             self._states[state.store_key] = state

@@ -16,7 +16,6 @@ the gate: a replayed older window is history, and the same window again changes 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -25,8 +24,7 @@ import msgspec
 
 from monitor.judge.bootstrap import promotion_gate
 from monitor.judge.pairwise import PairwiseWindow
-
-log = logging.getLogger(__name__)
+from monitor.policy.state import decode_state
 
 GATE_RULE = "gate.judge_win_rate"
 JUDGE_RULE = "rollback.judge_win_rate"
@@ -110,12 +108,5 @@ class GateBook:
 
     @staticmethod
     def _decode(raw: str | None) -> PromotionGate | None:
-        """A stored gate; one that does not decode (written by another version) is forgotten:
-        the next window sets it again."""
-        if not raw:
-            return None
-        try:
-            return _decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            log.warning("promotion gate state that does not decode, forgotten: %s", exc)
-            return None
+        """A stored gate (one that does not decode is forgotten: the next window sets it)."""
+        return decode_state(_decoder, raw, "promotion gate")

@@ -20,14 +20,12 @@ webhook. Each change is a new revision; ``record`` is the row the sink stores.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import MutableMapping
 
 import msgspec
 
 from monitor.policy.records import Incident, TimelineEntry
-
-log = logging.getLogger(__name__)
+from monitor.policy.state import decode_state
 
 OPEN, RESOLVED = "open", "resolved"
 MAX_TIMELINE = 200  # entries kept per incident: verdict changes only, so rarely reached
@@ -182,15 +180,9 @@ class IncidentBook:
 
     @staticmethod
     def _decode(raw: str | None) -> IncidentState | None:
-        """A stored incident; one that does not decode (written by another version) is
-        forgotten, never an error: the next decision opens a new incident."""
-        if not raw:
-            return None
-        try:
-            return _decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            log.warning("incident state that does not decode, forgotten: %s", exc)
-            return None
+        """A stored incident (one that does not decode is forgotten: the next decision opens
+        a new incident)."""
+        return decode_state(_decoder, raw, "incident")
 
     def save(self, state: IncidentState) -> Incident:
         """Store ``state`` as its next revision; returns the row to record."""
