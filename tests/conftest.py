@@ -10,11 +10,13 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from detectors.embedding import EmbeddingService
@@ -22,6 +24,8 @@ from monitor.config import KafkaSettings, Settings
 from monitor.devtools.broker import BundledBroker, free_port, start_broker
 from monitor.devtools.worker import metric_sum, scrape, start_worker, stop_worker
 from monitor.ingest.events import Event, decode_event
+from monitor.policy.receiver import Receiver
+from monitor.policy.signing import Verifier
 from streams.batches import group_reading
 from streams.topics import ensure_topics, pipeline_topics
 
@@ -81,6 +85,17 @@ def broker(tmp_path: Path) -> Iterator[BundledBroker]:
         running.stop()
 
 
+@contextmanager
+def serving_receiver(secret: bytes) -> Iterator[tuple[Receiver, str]]:
+    """A webhook receiver on 127.0.0.1 that checks signatures with ``secret``, and its URL."""
+    receiver = Receiver(Verifier(secret))
+    url = receiver.serve()
+    try:
+        yield receiver, url
+    finally:
+        receiver.stop()
+
+
 @dataclass
 class WorkerHarness:
     """Starts `llm-monitor worker` processes against one broker and one data dir."""
@@ -98,6 +113,17 @@ class WorkerHarness:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
+
+    def use_policy(self, policy: dict[str, Any], *, secret: str, token: str | None = None) -> None:
+        """Run the policy role on ``policy`` (written into the data dir), signing webhooks with
+        ``secret`` and, given a ``token``, guarding its API with it."""
+        path = self.data_dir / "policy.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        self.env_overrides.update(
+            {"LLM_MONITOR_POLICY__FILE": str(path), "LLM_MONITOR_POLICY__WEBHOOK_SECRET": secret}
+        )
+        if token is not None:
+            self.env_overrides["LLM_MONITOR_POLICY__API_TOKEN"] = token
 
     def start(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)

@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from monitor.client import produce
 from monitor.devtools.generate import generate_events
@@ -44,17 +43,11 @@ def test_budget_thresholds_fire_once_each_and_survive_a_restart(
     records = list(generate_events(3000, seed=11))
     totals = tokens_by_model(records)
     limit = 0.9 * min(totals.values())  # every model passes 100 %
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
+    workers.use_policy({
         "webhooks": {"budget": [f"{url}/budget"]},
         "budgets": [{"name": "tokens", "model": "*", "metric": "total_tokens",
                      "period": "month", "limit": limit}],
-    }))  # fmt: skip
-    workers.env_overrides.update({
-        "LLM_MONITOR_POLICY__FILE": str(policy),
-        "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
-        "LLM_MONITOR_POLICY__API_TOKEN": TOKEN,
-    })  # fmt: skip
+    }, secret=SECRET, token=TOKEN)  # fmt: skip
 
     def budget_sent() -> list[tuple[str, str]]:
         return [(d.body["model"], d.body["rule"]) for d in r.deliveries if d.event == "budget"]

@@ -84,16 +84,14 @@ def test_every_dashboard_alert_and_cookbook_query_runs(
     base = receiver.serve()
     judge = LoopbackJudge("dashboards-judge", first_bias=1.0)
     judge.start_in_thread()
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"cooldown_s": 0, "webhooks": {
-        name: [f"{base}/{name}"] for name in ("rollback", "kill", "resume")}}))  # fmt: skip
+    workers.use_policy({"cooldown_s": 0, "webhooks": {
+        name: [f"{base}/{name}"] for name in ("rollback", "kill", "resume")}}, secret=SECRET)  # fmt: skip
     workers.env_overrides.update({
         **SEMANTIC, "LLM_MONITOR_PIPELINE__WINDOW_S": "60",
         "LLM_MONITOR_DETECTORS__DRIFT__REFERENCE_EVENTS": "50",
         # This test proves queries, not detection: a loose alpha makes sure drift rows exist.
         "LLM_MONITOR_DETECTORS__DRIFT__ALPHA": "0.3",
         "LLM_MONITOR_DETECTORS__DRIFT__MIN_WINDOW_EVENTS": "10",
-        "LLM_MONITOR_POLICY__FILE": str(policy), "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
         # The judge's pairwise windows close within the run (a minute, no lateness).
         "LLM_MONITOR_JUDGE__ENABLED": "true", "LLM_MONITOR_JUDGE__ENDPOINT": judge.base_url,
         "LLM_MONITOR_JUDGE__MODEL": "loopback-judge", "LLM_MONITOR_JUDGE__WINDOW_S": "60",

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from monitor.client import produce
 from monitor.devtools.generate import generate_events
 from monitor.devtools.worker import metric_sum, scrape
 from monitor.policy.receiver import Receiver
-from monitor.policy.signing import Verifier, gate_token
-from tests.conftest import WorkerHarness, wait_until
+from monitor.policy.signing import gate_token
+from tests.conftest import WorkerHarness, serving_receiver, wait_until
 from tests.e2e.test_pipeline_e2e import query, scalar, split, stored
 from tests.integration.test_alerting import notified, start_alertmanager
 
@@ -32,32 +31,22 @@ TOKEN = "e2e-api-token-0123456789abcdef"  # noqa: S105 - test fixture
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    r = Receiver(Verifier(SECRET.encode()))
-    url = r.serve()
-    try:
-        yield r, url
-    finally:
-        r.stop()
+    with serving_receiver(SECRET.encode()) as served:
+        yield served
 
 
-def configure(workers: WorkerHarness, url: str, tmp_path: Path) -> None:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
+def configure(workers: WorkerHarness, url: str) -> None:
+    workers.use_policy({
         "cooldown_s": 0,
         "webhooks": {name: [f"{url}/{name}"] for name in ("rollback", "kill", "resume")},
-    }))  # fmt: skip
-    workers.env_overrides.update({
-        "LLM_MONITOR_POLICY__FILE": str(policy),
-        "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
-        "LLM_MONITOR_POLICY__API_TOKEN": TOKEN,
-    })  # fmt: skip
+    }, secret=SECRET, token=TOKEN)  # fmt: skip
 
 
 def test_seeded_incidents_roll_back_and_kill_through_signed_webhooks(
     workers: WorkerHarness, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
     r, url = receiver
-    configure(workers, url, tmp_path)
+    configure(workers, url)
     am_url, alertmanager = start_alertmanager(tmp_path, f"{url}/alertmanager")
     workers.env_overrides["LLM_MONITOR_POLICY__ALERTMANAGER__URLS"] = json.dumps([am_url])
     records = list(generate_events(6000, seed=4))
@@ -199,7 +188,7 @@ def test_kill_switch_api_auth_audit_and_restart(
     workers: WorkerHarness, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
     r, url = receiver
-    configure(workers, url, tmp_path)
+    configure(workers, url)
     first = workers.start()
     workers.wait_for(workers.ready, what="the worker ready")
     port = workers.port

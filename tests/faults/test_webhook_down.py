@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from monitor.devtools.broker import free_port
 from monitor.devtools.worker import metric_sum, scrape
@@ -74,20 +73,14 @@ def test_webhook_receiver_down_is_retried_then_delivered_once_or_given_up(
     workers: WorkerHarness, tmp_path: Path
 ) -> None:
     kill_port, resume_port = free_port(), free_port()  # nothing listens on either yet
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
+    workers.use_policy({
         "cooldown_s": 0,
         "webhooks": {
             "kill": [f"http://127.0.0.1:{kill_port}/kill"],
             "resume": [f"http://127.0.0.1:{resume_port}/resume"],
             "deadline_s": DEADLINE_S,
         },
-    }))  # fmt: skip
-    workers.env_overrides.update({
-        "LLM_MONITOR_POLICY__FILE": str(policy),
-        "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
-        "LLM_MONITOR_POLICY__API_TOKEN": TOKEN,
-    })  # fmt: skip
+    }, secret=SECRET, token=TOKEN)  # fmt: skip
     process = workers.start()
     workers.wait_for(workers.ready, what="the worker ready")
     prometheus = start_prometheus([f"127.0.0.1:{workers.port}"], tmp_path / "prometheus")

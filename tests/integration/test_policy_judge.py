@@ -13,14 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from monitor.devtools.report import JUDGE_DECISIONS
 from monitor.devtools.worker import scrape
 from monitor.policy.gates import GATE_RULE, JUDGE_RULE
 from monitor.policy.receiver import Receiver
-from monitor.policy.signing import Verifier
-from tests.conftest import WorkerHarness
+from tests.conftest import WorkerHarness, serving_receiver
 from tests.e2e.test_pipeline_e2e import query
 from tests.integration.test_sink_faults import POISON, send_each
 from tests.unit.test_policy_judge import judge_records
@@ -34,26 +32,18 @@ MODEL = "support-bot"
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    r = Receiver(Verifier(SECRET.encode()))
-    url = r.serve()
-    try:
-        yield r, url
-    finally:
-        r.stop()
+    with serving_receiver(SECRET.encode()) as served:
+        yield served
 
 
 def test_judge_windows_gate_and_roll_back_through_the_policy_role(
     workers: WorkerHarness, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:
     r, url = receiver
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"cooldown_s": 0, "webhooks": {"rollback": [f"{url}/rb"]}}))
-    workers.env_overrides.update({
-        "LLM_MONITOR_ROLES": '["policy", "sink"]',
-        "LLM_MONITOR_POLICY__FILE": str(policy),
-        "LLM_MONITOR_POLICY__WEBHOOK_SECRET": SECRET,
-        "LLM_MONITOR_POLICY__API_TOKEN": TOKEN,
-    })  # fmt: skip
+    workers.use_policy(
+        {"cooldown_s": 0, "webhooks": {"rollback": [f"{url}/rb"]}}, secret=SECRET, token=TOKEN
+    )
+    workers.env_overrides["LLM_MONITOR_ROLES"] = '["policy", "sink"]'
     now = time.time_ns() // 1_000_000
     records = judge_records(
         {"v2": (25, "a fine answer"), "v3": (25, "this is wrong"), "v4": (5, "this is wrong")},

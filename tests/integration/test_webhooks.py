@@ -17,7 +17,8 @@ from monitor.policy.config import Webhooks
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.receiver import Receiver
 from monitor.policy.records import ActionAttempt, ActionRequest
-from monitor.policy.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Verifier, signed_headers
+from monitor.policy.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
+from tests.conftest import serving_receiver
 
 pytestmark = pytest.mark.integration
 SECRET = b"test-secret-0123456789"
@@ -25,12 +26,8 @@ SECRET = b"test-secret-0123456789"
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    r = Receiver(Verifier(SECRET))
-    url = r.serve()
-    try:
-        yield r, url
-    finally:
-        r.stop()
+    with serving_receiver(SECRET) as served:
+        yield served
 
 
 def request(action: str = "rollback", key: str = "rollback:m:v:canary:rule:1") -> ActionRequest:
