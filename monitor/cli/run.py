@@ -114,6 +114,7 @@ def worker() -> None:
 
     from monitor.config import ensure_data_dir
     from streams.app import app_id_for, create_app
+    from streams.collector import tune_for_streaming
     from streams.topics import ensure_topics, pipeline_topics
 
     try:
@@ -132,6 +133,7 @@ def worker() -> None:
     except MonitorError as exc:
         fail(exc)
         return
+    tune_for_streaming()
     faust.Worker(
         faust_app, loglevel=settings.log_level.upper(), quiet=True
     ).execute_from_commandline()

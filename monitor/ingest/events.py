@@ -205,6 +205,8 @@ def _validation_reason(message: str) -> str:
 
 def _extra_fields(fields: dict[str, msgspec.Raw]) -> dict[str, str]:
     """Unknown fields as JSON text: at most MAX_EXTRA_FIELDS, each nested MAX_EXTRA_DEPTH."""
+    if fields.keys() <= KNOWN_FIELDS:  # the common case: one C-level set comparison
+        return {}
     extra = {k: bytes(v).decode("utf-8") for k, v in fields.items() if k not in KNOWN_FIELDS}
     if len(extra) > MAX_EXTRA_FIELDS:
         raise SchemaError(
