@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from detectors.drift import DRIFT_DETECTOR
@@ -18,10 +19,9 @@ def observe_scoring(metrics: Metrics, received: int, result: PipelineResult) -> 
     metrics.batch_size.observe(received)
     for letter in result.dead_letters:
         metrics.dead_letters.labels(letter.reason).inc()
-    for event in result.events:
-        metrics.events_valid.labels(
-            *metrics.series(*event.series), metrics.guard("route", event.route)
-        ).inc()
+    # One increment per series and route, not per event.
+    for (series, route), n in Counter((e.series, e.route) for e in result.events).items():
+        metrics.events_valid.labels(*metrics.series(*series), metrics.guard("route", route)).inc(n)
     for name, seconds in result.detector_seconds.items():
         metrics.detector_seconds.labels(name).observe(seconds)
     observe_findings(metrics, result.scored.findings)
@@ -60,14 +60,17 @@ def observe_shadows(metrics: Metrics, rows: list[FindingRow], result: ShadowResu
 
 
 def observe_findings(metrics: Metrics, rows: list[FindingRow]) -> None:
+    flags: Counter[tuple[str, str, str, str, str]] = Counter()
     for row in rows:
         f = row.finding
         metrics.detector_score.labels(f.detector).observe(f.score)
         if f.flagged:
-            series = metrics.series(row.model, row.model_version, row.deployment)
-            metrics.detector_flags.labels(*series, f.detector, f.category).inc()
-            if f.detector == DRIFT_DETECTOR:
-                metrics.drift_signals.labels(*series, metrics.guard("signal", f.category)).inc()
+            flags[(row.model, row.model_version, row.deployment, f.detector, f.category)] += 1
+    for (model, version, deployment, detector, category), n in flags.items():
+        series = metrics.series(model, version, deployment)
+        metrics.detector_flags.labels(*series, detector, category).inc(n)
+        if detector == DRIFT_DETECTOR:
+            metrics.drift_signals.labels(*series, metrics.guard("signal", category)).inc(n)
 
 
 def observe_window(metrics: Metrics, stats: WindowStats, *, drift: bool = False) -> None:

@@ -28,7 +28,11 @@ def add_views(app: faust.App, settings: Settings, metrics: Metrics) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
+            # ``?name[]=...`` narrows the answer to those samples, as prometheus_client's own
+            # handler does: a poller that reads one counter does not render every series.
+            names = request.query.getall("name[]", [])  # type: ignore[attr-defined]
+            registry = metrics.registry.restricted_registry(names) if names else metrics.registry
+            return self.bytes(generate_latest(registry), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/health")
     class HealthView(View):

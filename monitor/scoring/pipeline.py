@@ -101,9 +101,8 @@ class Pipeline:
     def _row(self, event: Event, produced_at_ms: int, findings: Sequence[Finding]) -> EventRow:
         prompt = event.prompt_text
         response = event.response or ""
-        samples = list(event.samples)
-        context = list(event.context)
-        extra = dict(event.extra)
+        # Shared, not copied: neither the event nor its row is changed once built.
+        samples, context, extra = event.samples, event.context, event.extra
         pii_types: set[str] = set()
         if self.redact_pii:
             prompt_spans, response_spans = self._prompt_response_spans(prompt, response, findings)
@@ -134,7 +133,7 @@ class Pipeline:
             cost_usd=event.cost_usd,
             status=event.status,
             error_type=event.error_type or "",
-            attributes=dict(event.attributes),
+            attributes=event.attributes,
             complaint=bool(feedback and feedback.complaint),
             rating=feedback.rating if feedback else None,
             extra=extra,

@@ -38,8 +38,9 @@ def raw_status(port: int, request: bytes) -> bytes:
 
 
 def calls(workers: WorkerHarness) -> dict[str, float]:
-    samples = scrape(workers.metrics_url)
     name = "llm_monitor_killswitch_api_calls_total"
+    samples = scrape(f"{workers.metrics_url}?name[]={name}")  # that counter's samples alone
+    assert all(key.startswith(name + "{") for key in samples), sorted(samples)[:5]
     return {o: metric_sum(samples, name, outcome=o) for o in ("ok", "unauthorized", "invalid")}
 
 
