@@ -1,11 +1,14 @@
 """Cheap path end to end: events/s from the broker into ClickHouse, and produce→stored latency.
 
-Run: ``make bench`` or ``.venv/bin/python -m bench.pipeline [--events N]``.
+Run: ``make bench`` or ``.venv/bin/python -m bench.pipeline [--events N] [--one-process]``.
 
 One bundled tansu broker serves both sides. The baseline is a bare aiokafka consume loop run in
-this process over the very same records (fetch, no processing). The pipeline is a real
-``llm-monitor worker`` (all roles: validate, detect, redact, window, insert into chdb); its
-throughput is timed from the first produced record until the sink has inserted every event.
+this process over the very same records (fetch, no processing). The pipeline is real
+``llm-monitor worker`` processes running every cheap role (validate, detect, redact, window,
+policy, insert into chdb): by default two, as a deployment on two cores runs them (the
+stateless score role in one, aggregate+policy+sink in the one that owns chdb), or one with
+``--one-process``; throughput is timed from the first produced record until the sink has
+inserted every event.
 Latency is exact, per event: ``stored_at - produced_at`` read back from ClickHouse, under a
 paced load the worker sustains, so it measures the pipeline rather than a queue.
 """
@@ -106,11 +109,16 @@ class Throughput:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--paced-rate", type=int, default=2_000, help="events/s for latency")
+    parser.add_argument("--paced-rate", type=int, default=5_000, help="events/s for latency")
     parser.add_argument("--paced-seconds", type=int, default=10)
-    parser.add_argument(
-        "--split-roles", action="store_true",
-        help="two worker processes: score, and aggregate+policy+sink (the default is one, all)",
+    roles = parser.add_mutually_exclusive_group()
+    roles.add_argument(
+        "--split-roles", action="store_true", default=True,
+        help="the default: two worker processes, score | aggregate+policy+sink",
+    )  # fmt: skip
+    roles.add_argument(
+        "--one-process", dest="split_roles", action="store_false",
+        help="one worker process with every role (one core of GIL time at most)",
     )  # fmt: skip
     return parser.parse_args()
 
