@@ -210,10 +210,15 @@ class AdaptedClassifier:
         return self.onnx_cache_dir / f"adapter-{self.digest[:20]}-{GRAPH_VERSION}-{kind}.onnx"
 
     def logits(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float32]:
-        """One row of logits per input (a text, or a (context, text) pair). Inputs are batched
-        by length, so a batch pads little."""
+        """One row of logits per input (a text, or a (context, text) pair). Each distinct input
+        is scored once (as the embedding service encodes each distinct text once per call);
+        inputs are batched by length, so a batch pads little."""
         if not inputs:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
+        distinct = list(dict.fromkeys(inputs))
+        if len(distinct) < len(inputs):
+            row = {item: i for i, item in enumerate(distinct)}
+            return self.logits(distinct)[[row[item] for item in inputs]]
         self.load()
         if self._session is not None:
             return self._onnx_logits(inputs)
