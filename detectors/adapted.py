@@ -19,7 +19,7 @@ demo's traffic), so an int8 model needs thresholds of its own: an adapter calibr
 (``backend_thresholds["onnx-int8"]``, written by ``--recalibrate DIR --backend onnx-int8``)
 runs quantised under ``auto`` on CPU, with those thresholds and ``-int8`` in its name; one
 without keeps the fp32 path. The ONNX path is torch-free: a call's inputs are tokenized once,
-batched ``ONNX_BATCH`` at a time by token count, and pooled in numpy (measured ~1.35x the
+batched ``ONNX_BATCH`` at a time by token count, and pooled in numpy (measured 1.2–1.35x the
 per-batch torch conversions on 2 cores). Dynamic int8 quantises each batch's activations with
 one scale, so an int8 score moves slightly (~0.03) with the batch it lands in; the int8
 thresholds are calibrated on this path. ONNX Runtime's offline transformer fusions
@@ -292,7 +292,8 @@ def encode_inputs(
 
 
 def tokenize(tokenizer: Any, inputs: Sequence[str | Pair], max_length: int) -> Tokens:
-    """Token ids, masks and types per input, unpadded, as ``encode_inputs`` would encode them."""
+    """Token ids, masks and types per input, unpadded, as ``encode_inputs`` encodes them: in a
+    call that holds pairs, a lone text is the pair ("", text), as in a mixed training batch."""
     firsts = [c[0] if isinstance(c, tuple) else c for c in inputs]
     seconds = [c[1] if isinstance(c, tuple) else None for c in inputs]
     if all(s is None for s in seconds):
