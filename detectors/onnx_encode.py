@@ -23,6 +23,10 @@ import numpy as np
 from detectors.fast_encode import FastEncoder, Vectors
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Part of every cached file's name (here and detectors/adapted.py): bump it whenever
+# ``export_transformer`` writes a different graph, so a file an older exporter wrote is
+# never loaded as the new one.
+GRAPH_VERSION = "g2"
 
 
 def _model_key(model_path: Path) -> str:
@@ -103,7 +107,7 @@ class OnnxEncoder(FastEncoder):
         if base is None or "token_type_ids" not in base.input_names:
             return None
         kind = "int8" if quantize else "fp32"
-        path = cache_dir / f"{_model_key(model_path)}-{kind}.onnx"
+        path = cache_dir / f"{_model_key(model_path)}-{GRAPH_VERSION}-{kind}.onnx"
         if not path.is_file():
             export(model, path, quantize=quantize)
         options = ort.SessionOptions()

@@ -53,12 +53,72 @@ def test_onnx_runtime_scores_what_torch_scores(tmp_path: Path) -> None:
         ("Insult me", "You are a worthless idiot."),
         "ok",
     ]
+    inputs += [(f"question {i} " * (i % 5), f"an answer that runs to {i} words " * (i % 3))
+               if i % 2 else f"a text of some length {i} " * (i % 7) for i in range(20)]  # fmt: skip
     onnx = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="onnx",
-                             onnx_cache_dir=tmp_path).load()  # fmt: skip
+                             onnx_cache_dir=tmp_path)  # fmt: skip
+    onnx.onnx_batch_size = 4  # several batches, reordered back into the inputs' order
+    onnx.load()
     torch_path = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="torch").load()
     assert onnx._session is not None and torch_path._session is None
     assert list(tmp_path.glob("adapter-*-fp32.onnx"))
     np.testing.assert_allclose(onnx.logits(inputs), torch_path.logits(inputs), atol=1e-4)
+
+
+def test_a_repeated_input_is_scored_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detectors.toxicity import DEFAULT_ADAPTER
+
+    adapter = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="torch").load()
+    inputs: list[str | tuple[str, str]] = [("q", "ok"), ("q", "fine"), ("q", "ok"), ("r", "ok")]
+    expected = np.concatenate([adapter.logits([x]) for x in inputs])
+    seen: list[int] = []
+    batch_logits = adapter._batch_logits
+
+    def counted(chunk: list[str | tuple[str, str]]) -> np.ndarray:
+        seen.append(len(chunk))
+        return batch_logits(chunk)
+
+    monkeypatch.setattr(adapter, "_batch_logits", counted)
+    np.testing.assert_allclose(adapter.logits(inputs), expected, atol=1e-4)
+    assert seen == [3]  # ("q", "ok") once
+
+
+def test_the_cached_export_is_named_by_weights_graph_and_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file an older exporter wrote (no graph version, or another one) is never loaded."""
+    from detectors import onnx_encode
+    from detectors.adapted import INT8
+    from detectors.toxicity import DEFAULT_ADAPTER
+
+    fp32 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="onnx", onnx_cache_dir=tmp_path)
+    int8 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend=INT8, onnx_cache_dir=tmp_path)
+    name = f"adapter-{fp32.digest[:20]}-{onnx_encode.GRAPH_VERSION}"
+    assert (fp32.onnx_path.name, int8.onnx_path.name) == (f"{name}-fp32.onnx", f"{name}-int8.onnx")
+    assert fp32.onnx_path.parent == tmp_path
+    monkeypatch.setattr(onnx_encode, "GRAPH_VERSION", "g-next")
+    assert fp32.onnx_path.name == f"adapter-{fp32.digest[:20]}-g-next-fp32.onnx"
+
+
+def test_tokenized_once_and_padded_per_batch_is_what_the_tokenizer_pads() -> None:
+    from transformers import AutoTokenizer
+
+    from detectors.adapted import encode_inputs, padded, tokenize
+    from detectors.embedding import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    inputs: list[str | tuple[str, str]] = [("why?", "because " * 90), "ok", ("a", "b c d")]
+    tokens = tokenize(tokenizer, inputs, 128)
+    firsts = [c[0] if isinstance(c, tuple) else c for c in inputs]
+    seconds = [c[1] if isinstance(c, tuple) else None for c in inputs]
+    expected = encode_inputs(tokenizer, firsts, seconds, 128)
+    got = padded(tokens, [0, 1, 2], tokenizer.pad_token_id)
+    assert set(got) == set(expected)
+    for key, array in got.items():
+        assert array.dtype == np.int64
+        np.testing.assert_array_equal(array, expected[key].numpy())
+    single = padded(tokens, [1], tokenizer.pad_token_id)
+    assert single["input_ids"].shape == (1, len(tokens["input_ids"][1]))
 
 
 def test_int8_runs_only_with_thresholds_calibrated_on_its_scores(tmp_path: Path) -> None:
