@@ -35,7 +35,7 @@ from monitor.ingest.events import Event
 DEFAULT_HEAD = Path(__file__).parent / "assets" / "toxicity_head.json"
 DEFAULT_ADAPTER = Path(__file__).parent / "assets" / "toxicity"
 CONTEXT_CHARS = 400  # the end of the prompt is what the response answers
-COUNTERFACTUAL = False  # average over identity swaps (detectors/counterfactual.py): off, see docs
+COUNTERFACTUAL = True  # average over identity swaps (detectors/counterfactual.py), issue 10
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,7 @@ class ToxicitySettings(BaseModel):
         default_factory=list, description="labels meaning toxic; unset: every non-neutral label"
     )
     counterfactual: bool = Field(
-        default=False,
+        default=True,
         description="adapter only: a text naming an identity is also scored naming 4 others and "
         "the scores averaged (up to 4 more passes per such text; docs/detectors.md#toxicity)",
     )
