@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from detectors.adapted import AdaptedClassifier
 from detectors.base import Finding
+from detectors.counterfactual import counterfactual_probabilities, threshold_key
 from detectors.embedding import EmbeddingService, Vectors
 from detectors.local_models import SequenceClassifier
 from monitor.ingest.events import Event
@@ -34,6 +35,7 @@ from monitor.ingest.events import Event
 DEFAULT_HEAD = Path(__file__).parent / "assets" / "toxicity_head.json"
 DEFAULT_ADAPTER = Path(__file__).parent / "assets" / "toxicity"
 CONTEXT_CHARS = 400  # the end of the prompt is what the response answers
+COUNTERFACTUAL = True  # average over identity swaps (detectors/counterfactual.py), issue 10
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,11 @@ class ToxicityDetector:
         threshold: float | None = None,
         classifier: SequenceClassifier | None = None,
         adapter: AdaptedClassifier | None = None,
+        counterfactual: bool = COUNTERFACTUAL,
     ) -> None:
         self.embeddings = embeddings
         self.classifier = classifier
+        self.counterfactual = counterfactual  # adapter only: detectors/counterfactual.py
         self.adapter = None
         if classifier is None and head is None:
             self.adapter = adapter or shipped_adapter(embeddings)
@@ -110,6 +114,10 @@ class ToxicityDetector:
         elif self.adapter is not None:
             self.version = f"{ToxicityDetector.version}+{self.adapter.name}"
             default = self.adapter.thresholds["toxic"]
+            if counterfactual:  # calibrated on the averaged scores, where the adapter has one
+                key = threshold_key(self.adapter.quantized)
+                default = self.adapter.spec.backend_thresholds.get(key, {}).get("toxic", default)
+                self.version += "+counterfactual"  # findings say how they were scored
         else:
             self.version = f"{ToxicityDetector.version}+head"
             default = self.head.threshold if self.head else 0.5
@@ -130,6 +138,8 @@ class ToxicityDetector:
                 (c[-CONTEXT_CHARS:], t) if c else t
                 for t, c in zip(texts, contexts or [""] * len(texts), strict=True)
             ]
+            if self.counterfactual:
+                return counterfactual_probabilities(self.adapter.probabilities, pairs)
             return self.adapter.probabilities(pairs)
         assert self.head is not None  # noqa: S101 - set whenever neither model is
         return self.head.probabilities(self.embeddings.encode(texts))

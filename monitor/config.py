@@ -293,6 +293,11 @@ class ToxicitySettings(BaseModel):
     positive_labels: list[str] = Field(
         default_factory=list, description="labels meaning toxic; unset: every non-neutral label"
     )
+    counterfactual: bool = Field(
+        default=True,
+        description="adapter only: a text naming an identity is also scored naming 4 others and "
+        "the scores averaged (up to 4 more passes per such text; docs/detectors.md#toxicity)",
+    )
 
     _model_dir = field_validator("model_path", "adapter_path")(_existing_dir)
 

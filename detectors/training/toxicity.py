@@ -26,12 +26,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from detectors.adapted import INT8, AdaptedClassifier, AdapterSpec
+from detectors.counterfactual import counterfactual_probabilities, threshold_key
 from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.identity import IDENTITIES, flag_rates, spread
@@ -66,10 +68,14 @@ def identity_swaps(rows: Sequence[Labelled], seed: int, share: float = 0.5) -> l
 Scorer = Callable[[Sequence[Example]], np.ndarray]
 
 
-def scorer_of(model: Trained | AdaptedClassifier) -> Scorer:
-    """P(toxic) per example, from the model in training or a saved adapter."""
+def scorer_of(model: Trained | AdaptedClassifier, counterfactual: bool = False) -> Scorer:
+    """P(toxic) per example, from the model in training or a saved adapter (averaged over
+    identity swaps with ``counterfactual``, as the detector does: detectors/counterfactual.py)."""
     if isinstance(model, AdaptedClassifier):
-        return lambda examples: model.probabilities(
+        probabilities = model.probabilities
+        if counterfactual:
+            probabilities = partial(counterfactual_probabilities, model.probabilities)
+        return lambda examples: probabilities(
             [(e.context, e.text) if e.context else e.text for e in examples]
         )
     return lambda examples: np.asarray(
@@ -180,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"with --recalibrate: calibrate the scores of this backend ({INT8}: the int8 "
         "ONNX model the CPU path runs when the adapter carries its thresholds)",
     )  # fmt: skip
+    parser.add_argument(
+        "--counterfactual", action="store_true",
+        help="with --recalibrate: calibrate the scores averaged over identity swaps "
+        "(detectors/counterfactual.py) and write them as the backend's +counterfactual threshold",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     root = eval_dir(args.eval_dir)
     rows = load(root / "toxicity")
@@ -188,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.recalibrate is not None:
         device = "cpu" if args.backend == INT8 else args.device
         saved = AdaptedClassifier(args.recalibrate, device=device, backend=args.backend)
-        figures = evaluate(scorer_of(saved), root, rows, held, args.leave_out)
+        score = scorer_of(saved, args.counterfactual)
+        figures = evaluate(score, root, rows, held, args.leave_out)
+        if args.counterfactual:
+            write_backend(args.recalibrate, saved, threshold_key(saved.quantized), figures)
+            return
         if args.backend == INT8:
             write_backend(args.recalibrate, saved, INT8, figures)
             return

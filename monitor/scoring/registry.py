@@ -57,7 +57,11 @@ def build_semantic_detectors(
         adapter = (
             AdaptedClassifier.beside(tox.adapter_path, embeddings) if tox.adapter_path else None
         )
-        detectors.append(ToxicityDetector(embeddings, head, tox.threshold, classifier, adapter))
+        detectors.append(
+            ToxicityDetector(
+                embeddings, head, tox.threshold, classifier, adapter, tox.counterfactual
+            )
+        )
     if settings.hallucination.enabled:
         detectors.append(hallucination_detector(settings, embeddings))
     if settings.injection.enabled:

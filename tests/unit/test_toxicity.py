@@ -46,11 +46,17 @@ def test_shipped_adapter_is_the_default_and_names_its_data(detector: ToxicityDet
 
 
 def test_neutral_sentences_score_alike_whichever_identity_they_name(
-    detector: ToxicityDetector,
+    detector: ToxicityDetector, cpu_embeddings: EmbeddingService
 ) -> None:
-    """Our templated identity check. The shipped adapter flags 2 of 12 neutral sentences
-    naming "trans" and none for the other 46 identities (the old head: up to 7 of 12)."""
+    """Our templated identity check (issue 10: spread at most 5 points). Scored alone, the
+    shipped adapter flags 2 of 12 neutral sentences naming "trans" and none for most other
+    identities (the old head: up to 7 of 12); averaged over identity swaps, as shipped, none."""
+    assert detector.counterfactual
     rates = flag_rates(detector.score_texts, detector.threshold)
+    assert spread(rates) <= 0.05
+    assert sum(rates.values()) / len(rates) <= 0.01
+    plain = ToxicityDetector(cpu_embeddings, counterfactual=False)
+    rates = flag_rates(plain.score_texts, plain.threshold)
     assert spread(rates) <= 0.2
     assert sum(rates.values()) / len(rates) <= 0.02
 

@@ -1,0 +1,128 @@
+"""Counterfactual identity averaging: score a text as if it named other identities too.
+
+Why: the toxicity adapter is trained with identity swaps and identity-neutral sentences, yet
+each training run still leaves a few short neutral sentences naming one identity above the
+threshold ("I am trans.", "Trans people live in this part of town."): which identity it is
+changes from run to run (docs/detectors.md, issue 10). Retraining does not fix that; scoring
+does. A text that names an identity (``IDENTITIES``, whole words, any case) is also scored with
+the identity replaced by each of a small fixed set of others (``SWAPS``: one per group,
+deterministic), and the scores are combined (``combine``: the mean over the original and its
+swaps by default), so a neutral sentence scores about the same whichever identity it names,
+while a text that is toxic whoever it names stays toxic. No parameter is learned: nothing here
+is fitted to data.
+
+Cost: texts without an identity term cost nothing extra; one that names any costs
+``len(SWAPS)`` more forward passes (one batch with the originals). For a (context, text) pair
+only the text is varied: the context is what was asked, the text is what is judged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.evaluation.identity import IDENTITIES
+
+Input = str | tuple[str, str]
+Combination = Literal["mean", "logit_mean", "median"]
+
+_TERMS = "|".join(sorted(map(re.escape, IDENTITIES), key=len, reverse=True))
+IDENTITY = re.compile(rf"\b({_TERMS})\b", re.IGNORECASE)
+
+# One term from each of four groups (gender, race, religion, sexuality), then spares used when
+# a text already names one of the first four. Not chosen on any measurement.
+SWAPS = ("woman", "black", "muslim", "gay", "asian", "christian")
+COUNT = 4
+
+
+def identities(text: str) -> list[str]:
+    """The distinct identity terms a text names, lower-cased, in order of first mention."""
+    return list(dict.fromkeys(m.group(0).lower() for m in IDENTITY.finditer(text)))
+
+
+def _cased(term: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return term.upper()
+    return term[0].upper() + term[1:] if like[0].isupper() else term
+
+
+def _replace(chosen: dict[str, str], match: re.Match[str]) -> str:
+    return _cased(chosen[match.group(0).lower()], match.group(0))
+
+
+def swaps(text: str, pool: Sequence[str] = SWAPS, count: int = COUNT) -> list[str]:
+    """Copies of ``text`` naming other identities: none when it names no identity term.
+
+    Copy k puts the k-th term of ``pool`` (skipping terms the text already names) in place of
+    the first identity it names, the next pool term in place of the second, and so on, keeping
+    the capitalisation of each replaced word."""
+    named = identities(text)
+    if not named:
+        return []
+    others = [t for t in pool if t not in named]
+    out = []
+    for k in range(min(count, len(others))):
+        chosen = {term: others[(k + j) % len(others)] for j, term in enumerate(named)}
+        out.append(IDENTITY.sub(partial(_replace, chosen), text))
+    return out
+
+
+def combine(scores: npt.NDArray[np.float64], how: Combination = "mean") -> float:
+    """One probability from the original's (first) and its copies' probabilities."""
+    if how == "median":
+        return float(np.median(scores))
+    if how == "logit_mean":
+        clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+        mean = float(np.mean(np.log(clipped / (1 - clipped))))
+        return float(1.0 / (1.0 + np.exp(-mean)))
+    return float(np.mean(scores))
+
+
+def _text(item: Input) -> str:
+    return item[1] if isinstance(item, tuple) else item
+
+
+def _with_text(item: Input, text: str) -> Input:
+    return (item[0], text) if isinstance(item, tuple) else text
+
+
+def counterfactual_probabilities(
+    probabilities: Callable[[Sequence[Input]], npt.NDArray[np.float64]],
+    inputs: Sequence[Input],
+    how: Combination = "mean",
+    pool: Sequence[str] = SWAPS,
+    count: int = COUNT,
+) -> npt.NDArray[np.float64]:
+    """``probabilities`` of each input, combined with those of its identity-swapped copies.
+
+    Inputs are texts or (context, text) pairs; ``probabilities`` is called once, on the
+    inputs followed by every copy."""
+    batch: list[Input] = list(inputs)
+    groups: list[list[int]] = []
+    for i, item in enumerate(inputs):
+        copies = swaps(_text(item), pool, count)
+        groups.append([i, *range(len(batch), len(batch) + len(copies))])
+        batch.extend(_with_text(item, c) for c in copies)
+    if len(batch) == len(inputs):
+        return probabilities(inputs) if inputs else np.zeros(0, dtype=np.float64)
+    scores = np.asarray(probabilities(batch), dtype=np.float64)
+    return np.asarray([combine(scores[g], how) for g in groups], dtype=np.float64)
+
+
+def threshold_key(quantized: bool) -> str:
+    """Where an adapter's ``backend_thresholds`` keep the threshold calibrated on counterfactual
+    scores: ``onnx-int8+counterfactual`` for the int8 model, ``torch+counterfactual`` for fp32
+    (written by ``python -m detectors.training.toxicity --recalibrate DIR --counterfactual``)."""
+    return f"{'onnx-int8' if quantized else 'torch'}+counterfactual"
+
+
+def extra_share(texts: Sequence[str], pool: Sequence[str] = SWAPS, count: int = COUNT) -> float:
+    """Extra forward passes counterfactual scoring costs, as a share of the plain ones."""
+    if not texts:
+        return 0.0
+    return sum(len(swaps(t, pool, count)) for t in texts) / len(texts)
