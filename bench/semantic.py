@@ -1,10 +1,14 @@
 """Semantic detectors' throughput: events/s through the embed role's scorer, per detector.
 
-Run: ``.venv/bin/python -m bench.semantic [--events N] [--device cpu] [--backend auto]``
+Run: ``.venv/bin/python -m bench.semantic [--events N] [--device cpu] [--backend auto]
+[--distinct]``
 (``auto``, as a worker runs: ONNX Runtime on CPU for the embeddings and the adapters). The
 scorer is the one the embed role runs (monitor/scoring/semantic.py) with every semantic
 detector on, over the demo's generated traffic (prompts, responses, contexts, samples; the
-embedding cache off so repeats cannot flatter it). Baseline, same process, same texts: bare
+embedding cache off). The demo repeats its prompts and responses (about one pair in four is
+distinct) and every model here scores each distinct text once per call, as production would:
+``--distinct`` makes every prompt and response unique, for traffic that never repeats.
+Baseline, same process, same texts: bare
 ``SentenceTransformer.encode`` of every prompt, response, context passage and sample once —
 what a single shared forward pass over the event's texts would cost. Then each detector alone,
 so a slow one shows. ``--head`` scores with the head-on-embeddings toxicity and the word-overlap
@@ -19,6 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import msgspec
+
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import HallucinationDetector
 from detectors.injection import InjectionDetector
@@ -30,13 +36,22 @@ from monitor.ingest.events import Event, decode_event
 from monitor.scoring.semantic import SemanticScorer
 
 
-def events(n: int) -> list[Event]:
-    out = []
+def events(n: int, distinct: bool = False) -> list[Event]:
+    """The demo's traffic; with ``distinct``, every prompt and response made unique (a number
+    appended), since the demo repeats them far more than real traffic does and each distinct
+    text is scored once per call."""
+    out: list[Event] = []
     for _, value in generate_events(n, seed=11, bad_fraction=0.0):
         try:
-            out.append(decode_event(value))
+            event = decode_event(value)
         except SchemaError:
             continue
+        if distinct:
+            event = msgspec.structs.replace(
+                event, prompt=f"{event.prompt_text} ({len(out)})", messages=None,
+                response=f"{event.response} ({len(out)})" if event.response else event.response,
+            )  # fmt: skip
+        out.append(event)
     return out
 
 
@@ -64,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=200, help="events per scorer call")
     parser.add_argument("--head", action="store_true", help="the pre-adapter detectors")
     parser.add_argument("--backend", default="auto", help="as detectors.embedding.backend")
+    parser.add_argument("--distinct", action="store_true", help="no prompt or response repeats")
     args = parser.parse_args(argv)
-    batch = events(args.events)
+    batch = events(args.events, args.distinct)
     texts = texts_of(batch)
     service = EmbeddingService(device=args.device, cache_size=0, backend=args.backend).start()
     model = service._model  # the very same loaded model the detectors use
@@ -94,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     report = {
         "events": len(batch), "texts": len(texts), "device": args.device,
+        "distinct": args.distinct, "distinct_texts": len(set(texts)),
         "backend": service.active_backend,
         "detectors": [f"{d.name} {d.version}" for d in scorer.detectors],
         "baseline_texts_per_s": round(len(texts) / baseline, 1),
