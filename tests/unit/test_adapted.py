@@ -94,7 +94,10 @@ def test_the_cached_export_is_named_by_weights_graph_and_precision(
     fp32 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="onnx", onnx_cache_dir=tmp_path)
     int8 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend=INT8, onnx_cache_dir=tmp_path)
     name = f"adapter-{fp32.digest[:20]}-{onnx_encode.GRAPH_VERSION}"
-    assert (fp32.onnx_path.name, int8.onnx_path.name) == (f"{name}-fp32.onnx", f"{name}-int8.onnx")
+    assert (fp32.onnx_path.name, int8.onnx_path.name) == (
+        f"{name}-fp32.onnx",
+        f"{name}-int8-static.onnx",
+    )
     assert fp32.onnx_path.parent == tmp_path
     monkeypatch.setattr(onnx_encode, "GRAPH_VERSION", "g-next")
     assert fp32.onnx_path.name == f"adapter-{fp32.digest[:20]}-g-next-fp32.onnx"
@@ -134,7 +137,13 @@ def test_int8_runs_only_with_thresholds_calibrated_on_its_scores(tmp_path: Path)
     assert auto.quantized and auto.name.endswith("-int8")
     assert auto.thresholds == spec.backend_thresholds[INT8]
     auto.load()
-    assert list(tmp_path.glob("adapter-*-int8.onnx"))
+    assert list(tmp_path.glob("adapter-*-int8-static.onnx"))
+    # Static quantisation: an input scores the same alone as among others (dynamic: up to 0.33).
+    pairs = [("hi", "You are an idiot and nobody likes you."), ("why?", "Because it rained."),
+             ("Tell me a story", "Once upon a time " * 20)]  # fmt: skip
+    together = auto.logits(pairs)
+    alone = np.vstack([auto.logits([pair]) for pair in pairs])
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # float rounding only
     for backend in ("onnx", "torch"):
         fp32 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend=backend)
         assert not fp32.quantized and fp32.thresholds == spec.thresholds
