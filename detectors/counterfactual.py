@@ -6,8 +6,8 @@ threshold ("I am trans.", "Trans people live in this part of town."): which iden
 changes from run to run (docs/detectors.md, issue 10). Retraining does not fix that; scoring
 does. A text that names an identity (``IDENTITIES``, whole words, any case) is also scored with
 the identity replaced by each of a small fixed set of others (``SWAPS``: one per group,
-deterministic), and the scores are combined (``combine``: the mean over the original and its
-swaps by default), so a neutral sentence scores about the same whichever identity it names,
+deterministic), and the scores are averaged (``combine``: the mean over the original and its
+swaps), so a neutral sentence scores about the same whichever identity it names,
 while a text that is toxic whoever it names stays toxic. No parameter is learned: nothing here
 is fitted to data.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +28,6 @@ import numpy.typing as npt
 from detectors.evaluation.identity import IDENTITIES
 
 Input = str | tuple[str, str]
-Combination = Literal["mean", "logit_mean", "median"]
 
 _TERMS = "|".join(sorted(map(re.escape, IDENTITIES), key=len, reverse=True))
 IDENTITY = re.compile(rf"\b({_TERMS})\b", re.IGNORECASE)
@@ -72,14 +70,8 @@ def swaps(text: str, pool: Sequence[str] = SWAPS, count: int = COUNT) -> list[st
     return out
 
 
-def combine(scores: npt.NDArray[np.float64], how: Combination = "mean") -> float:
-    """One probability from the original's (first) and its copies' probabilities."""
-    if how == "median":
-        return float(np.median(scores))
-    if how == "logit_mean":
-        clipped = np.clip(scores, 1e-7, 1 - 1e-7)
-        mean = float(np.mean(np.log(clipped / (1 - clipped))))
-        return float(1.0 / (1.0 + np.exp(-mean)))
+def combine(scores: npt.NDArray[np.float64]) -> float:
+    """One probability from the original's and its copies' probabilities: their mean."""
     return float(np.mean(scores))
 
 
@@ -94,7 +86,6 @@ def _with_text(item: Input, text: str) -> Input:
 def counterfactual_probabilities(
     probabilities: Callable[[Sequence[Input]], npt.NDArray[np.float64]],
     inputs: Sequence[Input],
-    how: Combination = "mean",
     pool: Sequence[str] = SWAPS,
     count: int = COUNT,
 ) -> npt.NDArray[np.float64]:
@@ -111,7 +102,7 @@ def counterfactual_probabilities(
     if len(batch) == len(inputs):
         return probabilities(inputs) if inputs else np.zeros(0, dtype=np.float64)
     scores = np.asarray(probabilities(batch), dtype=np.float64)
-    return np.asarray([combine(scores[g], how) for g in groups], dtype=np.float64)
+    return np.asarray([combine(scores[g]) for g in groups], dtype=np.float64)
 
 
 def threshold_key(quantized: bool) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from detectors.adapted import INT8, AdaptedClassifier, AdapterSpec
-from detectors.counterfactual import counterfactual_probabilities, threshold_key
+from detectors.counterfactual import IDENTITY, counterfactual_probabilities, threshold_key
 from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.identity import IDENTITIES, flag_rates, spread
@@ -44,8 +44,6 @@ from detectors.training.toxicity_data import EVALUATION_ONLY, TRAINABLE, Labelle
 ARTIFACT = Path(__file__).resolve().parents[1] / "assets" / "toxicity"
 TARGET_FPR = 0.015  # chosen on the calibration half; the bound is 2 % on benign traffic
 CONTEXT_CHARS = 400  # the end of the context is what the reply answers
-_TERMS = "|".join(sorted(map(re.escape, IDENTITIES), key=len, reverse=True))
-IDENTITY = re.compile(rf"\b({_TERMS})\b", re.IGNORECASE)
 
 
 def example(row: Labelled) -> Example:
