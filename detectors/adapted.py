@@ -8,8 +8,9 @@ a private copy of the base weights (W + scale · B·A), so scoring costs one for
 base model and needs no training library.
 
 Inputs are single texts or (context, text) pairs, encoded as the tokenizer's sentence pairs
-(``[CLS] context [SEP] text [SEP]``); the mean of the token states feeds the head: one logit
-for a binary classifier, or one per label (e.g. NLI's entailment / neutral / contradiction).
+(``[CLS] context [SEP] text [SEP]``; a lone text as ``[CLS] [SEP] text [SEP]``); the mean of
+the token states feeds the head: one logit for a binary classifier, or one per label (e.g.
+NLI's entailment / neutral / contradiction).
 
 On CPU (``backend`` ``auto`` or ``onnx``, as for the embedding service) the merged model is
 exported once to ONNX into the ONNX cache directory, keyed by the adapter's weight digest, and
@@ -223,10 +224,11 @@ class AdaptedClassifier:
     @property
     def onnx_path(self) -> Path:
         """The exported model in the cache: named by the weights, the exporter's graph version
-        (a file written by an older exporter is never reused) and the precision."""
+        (a file written by an older exporter is never reused) and the precision (with the
+        version of the inputs an int8 file was calibrated on)."""
         from detectors.onnx_encode import GRAPH_VERSION
 
-        kind = "int8-static" if self.quantized else "fp32"
+        kind = f"int8-static-{CALIBRATION_VERSION}" if self.quantized else "fp32"
         return self.onnx_cache_dir / f"adapter-{self.digest[:20]}-{GRAPH_VERSION}-{kind}.onnx"
 
     def logits(self, inputs: Sequence[str | Pair]) -> npt.NDArray[np.float32]:
@@ -270,9 +272,7 @@ class AdaptedClassifier:
         import torch
 
         head_w, head_b = self._head  # type: ignore[misc]
-        firsts = [c[0] if isinstance(c, tuple) else c for c in chunk]
-        seconds = [c[1] if isinstance(c, tuple) else None for c in chunk]
-        encoded = encode_inputs(self._tokenizer, firsts, seconds, self.spec.max_length)
+        encoded = encode_inputs(self._tokenizer, chunk, self.spec.max_length)
         encoded = {k: v.to(self.device) for k, v in encoded.items()}
         with torch.inference_mode():
             pooled = mean_pool(self._model(**encoded).last_hidden_state,
@@ -290,6 +290,9 @@ class AdaptedClassifier:
 
 CALIBRATION_EVENTS = 2000
 CALIBRATION_INPUTS = 512
+# Part of a static int8 file's name: bump it whenever ``quantization_inputs`` or the way they
+# are tokenized changes, since both fix the activation ranges (c2: lone texts as ("", text)).
+CALIBRATION_VERSION = "c2"
 
 
 def quantization_inputs() -> list[str | Pair]:
@@ -313,30 +316,21 @@ def _length(item: str | Pair) -> int:
     return len(item[0]) + len(item[1]) if isinstance(item, tuple) else len(item)
 
 
-def encode_inputs(
-    tokenizer: Any, firsts: Sequence[str], seconds: Sequence[str | None], max_length: int
-) -> dict[str, Any]:
-    """Tokenize texts, or pairs where a second text is given (the longer side is cut first)."""
-    if all(s is None for s in seconds):
-        return dict(tokenizer(list(firsts), truncation=True, max_length=max_length,
-                              padding=True, return_tensors="pt"))  # fmt: skip
-    contexts = [f if s is not None else "" for f, s in zip(firsts, seconds, strict=True)]
-    texts = [s if s is not None else f for f, s in zip(firsts, seconds, strict=True)]
-    return dict(tokenizer(contexts, texts, truncation="longest_first", max_length=max_length,
-                          padding=True, return_tensors="pt"))  # fmt: skip
+def encode_inputs(tokenizer: Any, inputs: Sequence[str | Pair], max_length: int) -> dict[str, Any]:
+    """``tokenize``, padded to the longest input, as torch tensors (the training and torch
+    paths)."""
+    tokens = tokenize(tokenizer, inputs, max_length)
+    return dict(tokenizer.pad(tokens, padding=True, return_tensors="pt"))
 
 
 def tokenize(tokenizer: Any, inputs: Sequence[str | Pair], max_length: int) -> Tokens:
-    """Token ids, masks and types per input, unpadded, as ``encode_inputs`` encodes them: in a
-    call that holds pairs, a lone text is the pair ("", text), as in a mixed training batch."""
-    firsts = [c[0] if isinstance(c, tuple) else c for c in inputs]
-    seconds = [c[1] if isinstance(c, tuple) else None for c in inputs]
-    if all(s is None for s in seconds):
-        encoded = tokenizer(firsts, truncation=True, max_length=max_length)
-    else:
-        contexts = [f if s is not None else "" for f, s in zip(firsts, seconds, strict=True)]
-        texts = [s if s is not None else f for f, s in zip(firsts, seconds, strict=True)]
-        encoded = tokenizer(contexts, texts, truncation="longest_first", max_length=max_length)
+    """Token ids, masks and types per input, unpadded. Every input is a sentence pair, the
+    longer side cut first: a lone text is the pair ("", text), whatever it is called with, so
+    its score never depends on its neighbours (the adapters were trained that way: nearly
+    every training batch held a pair)."""
+    contexts = [item[0] if isinstance(item, tuple) else "" for item in inputs]
+    texts = [item[1] if isinstance(item, tuple) else item for item in inputs]
+    encoded = tokenizer(contexts, texts, truncation="longest_first", max_length=max_length)
     return {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids")}
 
 

@@ -29,18 +29,45 @@ from detectors.evaluation.identity import IDENTITIES
 
 Input = str | tuple[str, str]
 
-_TERMS = "|".join(sorted(map(re.escape, IDENTITIES), key=len, reverse=True))
-IDENTITY = re.compile(rf"\b({_TERMS})\b", re.IGNORECASE)
+
+def _words(terms: Sequence[str]) -> re.Pattern[str]:
+    """Any of ``terms`` as a whole word, any case; longer terms first ("african american")."""
+    alternatives = "|".join(sorted(map(re.escape, terms), key=len, reverse=True))
+    return re.compile(rf"\b({alternatives})\b", re.IGNORECASE)
+
+
+# Plural nouns naming a group, and the identity term each stands for: "Muslims are..." is
+# varied as "Muslim people are..." would be. (The training swaps use ``IDENTITY`` alone.)
+PLURALS = {
+    "women": "woman", "men": "man", "females": "female", "males": "male",
+    "gays": "gay", "lesbians": "lesbian", "bisexuals": "bisexual", "homosexuals": "homosexual",
+    "heterosexuals": "heterosexual", "blacks": "black", "whites": "white", "asians": "asian",
+    "latinos": "latino", "hispanics": "hispanic", "arabs": "arab", "africans": "african",
+    "african americans": "african american", "europeans": "european", "indians": "indian",
+    "mexicans": "mexican", "native americans": "native american", "jews": "jewish",
+    "muslims": "muslim", "christians": "christian", "catholics": "catholic", "hindus": "hindu",
+    "buddhists": "buddhist", "sikhs": "sikh", "atheists": "atheist", "immigrants": "immigrant",
+    "refugees": "refugee",
+}  # fmt: skip
+IDENTITY = _words(IDENTITIES)
+NAMED = _words((*IDENTITIES, *PLURALS))
 
 # One term from each of four groups (gender, race, religion, sexuality), then spares used when
 # a text already names one of the first four. Not chosen on any measurement.
 SWAPS = ("woman", "black", "muslim", "gay", "asian", "christian")
+# What stands in for a plural noun: the plural, or "<adjective> people".
+SWAP_PLURALS = {
+    "woman": "women", "black": "black people", "muslim": "muslims", "gay": "gay people",
+    "asian": "asian people", "christian": "christians",
+}  # fmt: skip
 COUNT = 4
 
 
 def identities(text: str) -> list[str]:
-    """The distinct identity terms a text names, lower-cased, in order of first mention."""
-    return list(dict.fromkeys(m.group(0).lower() for m in IDENTITY.finditer(text)))
+    """The distinct identities a text names (a plural as its term), lower-cased, in order of
+    first mention."""
+    words = (m.group(0).lower() for m in NAMED.finditer(text))
+    return list(dict.fromkeys(PLURALS.get(word, word) for word in words))
 
 
 def _cased(term: str, like: str) -> str:
@@ -50,7 +77,10 @@ def _cased(term: str, like: str) -> str:
 
 
 def _replace(chosen: dict[str, str], match: re.Match[str]) -> str:
-    return _cased(chosen[match.group(0).lower()], match.group(0))
+    word = match.group(0).lower()
+    if word in PLURALS:
+        return _cased(SWAP_PLURALS[chosen[PLURALS[word]]], match.group(0))
+    return _cased(chosen[word], match.group(0))
 
 
 def swaps(text: str, pool: Sequence[str] = SWAPS, count: int = COUNT) -> list[str]:
@@ -66,7 +96,7 @@ def swaps(text: str, pool: Sequence[str] = SWAPS, count: int = COUNT) -> list[st
     out = []
     for k in range(min(count, len(others))):
         chosen = {term: others[(k + j) % len(others)] for j, term in enumerate(named)}
-        out.append(IDENTITY.sub(partial(_replace, chosen), text))
+        out.append(NAMED.sub(partial(_replace, chosen), text))
     return out
 
 

@@ -93,12 +93,8 @@ class Trained:
 
 
 def _forward(trained: Trained, batch: Sequence[Example]) -> Any:
-    encoded = encode_inputs(
-        trained.tokenizer,
-        [e.context if e.context is not None else e.text for e in batch],
-        [e.text if e.context is not None else None for e in batch],
-        trained.config.max_length,
-    )
+    inputs = [(e.context, e.text) if e.context is not None else e.text for e in batch]
+    encoded = encode_inputs(trained.tokenizer, inputs, trained.config.max_length)
     device = next(trained.model.parameters()).device
     encoded = {k: v.to(device) for k, v in encoded.items()}
     states = trained.model(**encoded).last_hidden_state

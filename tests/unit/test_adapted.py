@@ -88,7 +88,7 @@ def test_the_cached_export_is_named_by_weights_graph_and_precision(
 ) -> None:
     """A file an older exporter wrote (no graph version, or another one) is never loaded."""
     from detectors import onnx_encode
-    from detectors.adapted import INT8
+    from detectors.adapted import CALIBRATION_VERSION, INT8
     from detectors.toxicity import DEFAULT_ADAPTER
 
     fp32 = AdaptedClassifier(DEFAULT_ADAPTER, device="cpu", backend="onnx", onnx_cache_dir=tmp_path)
@@ -96,7 +96,7 @@ def test_the_cached_export_is_named_by_weights_graph_and_precision(
     name = f"adapter-{fp32.digest[:20]}-{onnx_encode.GRAPH_VERSION}"
     assert (fp32.onnx_path.name, int8.onnx_path.name) == (
         f"{name}-fp32.onnx",
-        f"{name}-int8-static.onnx",
+        f"{name}-int8-static-{CALIBRATION_VERSION}.onnx",
     )
     assert fp32.onnx_path.parent == tmp_path
     monkeypatch.setattr(onnx_encode, "GRAPH_VERSION", "g-next")
@@ -112,9 +112,7 @@ def test_tokenized_once_and_padded_per_batch_is_what_the_tokenizer_pads() -> Non
     tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
     inputs: list[str | tuple[str, str]] = [("why?", "because " * 90), "ok", ("a", "b c d")]
     tokens = tokenize(tokenizer, inputs, 128)
-    firsts = [c[0] if isinstance(c, tuple) else c for c in inputs]
-    seconds = [c[1] if isinstance(c, tuple) else None for c in inputs]
-    expected = encode_inputs(tokenizer, firsts, seconds, 128)
+    expected = encode_inputs(tokenizer, inputs, 128)
     got = padded(tokens, [0, 1, 2], tokenizer.pad_token_id)
     assert set(got) == set(expected)
     for key, array in got.items():
@@ -137,10 +135,13 @@ def test_int8_runs_only_with_thresholds_calibrated_on_its_scores(tmp_path: Path)
     assert auto.quantized and auto.name.endswith("-int8")
     assert auto.thresholds == spec.backend_thresholds[INT8]
     auto.load()
-    assert list(tmp_path.glob("adapter-*-int8-static.onnx"))
+    assert list(tmp_path.glob("adapter-*-int8-static-*.onnx"))
     # Static quantisation: an input scores the same alone as among others (dynamic: up to 0.33).
-    pairs = [("hi", "You are an idiot and nobody likes you."), ("why?", "Because it rained."),
-             ("Tell me a story", "Once upon a time " * 20)]  # fmt: skip
+    # A lone text is encoded one way whatever it is called with: ("", text), pairs or not.
+    pairs: list[str | tuple[str, str]] = [
+        ("hi", "You are an idiot and nobody likes you."), ("why?", "Because it rained."),
+        ("Tell me a story", "Once upon a time " * 20), "A text with no prompt.",
+    ]  # fmt: skip
     together = auto.logits(pairs)
     alone = np.vstack([auto.logits([pair]) for pair in pairs])
     np.testing.assert_allclose(together, alone, atol=1e-5)  # float rounding only

@@ -40,6 +40,17 @@ def test_swaps_skip_terms_the_text_already_names_and_rotate_several() -> None:
     assert copies[1] == "a asian christian black"
 
 
+def test_plural_nouns_are_varied_as_plurals() -> None:
+    assert cf.identities("Muslims and women, and a muslim.") == ["muslim", "woman"]
+    assert cf.swaps("Immigrants are welcome here.")[:2] == [
+        "Women are welcome here.",
+        "Black people are welcome here.",
+    ]
+    copies = cf.swaps("Muslims and women")
+    assert copies[0] == "Black people and gay people" and len(copies) == 4
+    assert cf.identities("The menu and the womenswear") == []
+
+
 def test_text_without_identity_has_no_copies() -> None:
     assert cf.swaps("The weather is lovely today.") == []
     assert cf.extra_share(["no one", "I am trans.", "hello"]) == pytest.approx(4 / 3)
