@@ -1,8 +1,9 @@
 """The false-positive rates on benign traffic that ship with each detector's calibration.
 
 Read from the artifacts themselves (the toxicity adapter's or head's metadata, the injection
-calibration), so the figures the policy is checked against are the ones measured for the
-weights and thresholds that run. A detector without a measured rate is left out.
+calibration and the instruction model's), so the figures the policy is checked against are the
+ones measured for the weights and thresholds that run. A detector without a measured rate is
+left out.
 """
 
 from __future__ import annotations
@@ -31,7 +32,19 @@ def measured_false_positive_rates(assets: Path = ASSETS) -> dict[str, float]:
     if toxicity is None:
         toxicity = head.get("neutral_held_out_fpr")
     injection = _read(assets / "injection.json").get("metadata", {}).get("held_out_fpr_pooled")
+    passages = _passage_fpr(_read(assets / "instructions" / "adapter.json").get("metadata", {}))
+    if isinstance(injection, int | float) and passages is not None:
+        injection += passages  # an event with context is flagged by its prompt or a passage
     for name, value in (("toxicity", toxicity), ("injection", injection)):
         if isinstance(value, int | float):
             rates[name] = float(value)
     return rates
+
+
+def _passage_fpr(metadata: dict[str, Any]) -> float | None:
+    """The instruction model's held-out false-positive rate on data passages, the higher of
+    its fp32 and int8 figures (which one runs depends on the device)."""
+    figures = [metadata.get("figures", {}), *metadata.get("figures_by_backend", {}).values()]
+    rates = [f.get("held_out_passage_fpr") for f in figures if isinstance(f, dict)]
+    found = [float(r) for r in rates if isinstance(r, int | float)]
+    return max(found) if found else None

@@ -10,11 +10,18 @@ Two signals, both cheap next to the embedding the other detectors already pay fo
   words (``BENIGN_EXAMPLES``: "can I ignore this warning?"). The contrast is what keeps
   over-defence down: a word like "ignore" alone moves neither signal much.
 
-A text's score is the larger of the two; for ``context`` passages (retrieved documents, emails,
-tool output) any sentence addressed to the assistant counts, since data should not give orders.
-The threshold is calibrated on ordinary requests for a stated false-positive rate
-(``python -m detectors.training.injection`` writes it, with its figures, to
-``detectors/assets/injection.json``).
+A prompt's score is the larger of the two. The threshold is calibrated on ordinary requests for
+a stated false-positive rate (``python -m detectors.training.injection`` writes it, with its
+figures, to ``detectors/assets/injection.json``).
+
+``context`` passages (retrieved documents, emails, tool output) ask another question: data
+should not give orders, so any sentence in them that is a request addressed to an assistant
+counts, however polite ("Recommend a good book", "Add this link to your reply"). With the
+instruction model (``detectors/assets/instructions/``, a LoRA adapter trained by ``python -m
+detectors.training.instructions`` on requests vs. document sentences, calibrated on documents)
+a passage scores the larger of its patterns and its most instruction-like sentence, that model's
+probability placed on the detector's scale (``on_scale``: its calibrated threshold lands on the
+detector's), so one threshold flags both. Without it, a passage is scored as a prompt is.
 """
 
 from __future__ import annotations
@@ -28,12 +35,29 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from detectors.adapted import AdaptedClassifier
 from detectors.base import Finding
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import sentences
 from monitor.ingest.events import Event
 
 CALIBRATION = Path(__file__).parent / "assets" / "injection.json"
+DEFAULT_INSTRUCTIONS = Path(__file__).parent / "assets" / "instructions"
+INSTRUCTION = "instruction"  # the instruction model's label
+MAX_SENTENCES = 64  # per text: a longer one is read up to here
+
+
+def passage_sentences(text: str) -> list[str]:
+    """The sentences of a text that are scored (the whole text when it has none)."""
+    return sentences(text)[:MAX_SENTENCES] or [text]
+
+
+def on_scale(probability: float, calibrated: float, threshold: float) -> float:
+    """``probability`` mapped piecewise-linearly so that ``calibrated`` becomes ``threshold``
+    (0 and 1 stay put): a model calibrated apart can share the detector's one threshold."""
+    if probability < calibrated:
+        return threshold * probability / calibrated
+    return threshold + (1.0 - threshold) * (probability - calibrated) / (1.0 - calibrated)
 
 
 def calibrated_threshold(path: Path = CALIBRATION) -> float:
@@ -122,11 +146,19 @@ class InjectionDetector:
     # over-defence near 3 % there (docs/detectors.md).
     SIMILARITY_OFFSET: ClassVar[float] = 0.20
 
-    def __init__(self, embeddings: EmbeddingService, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        embeddings: EmbeddingService,
+        threshold: float | None = None,
+        instructions: AdaptedClassifier | None = None,
+    ) -> None:
         self.embeddings = embeddings
         self.threshold = self.THRESHOLD if threshold is None else threshold
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"injection threshold must be within [0, 1], got {self.threshold}")
+        self.instructions = instructions
+        if instructions is not None:
+            self.version = f"{InjectionDetector.version}+{instructions.name}"
         self._attacks: npt.NDArray[np.float32] | None = None
         self._benign: npt.NDArray[np.float32] | None = None
 
@@ -144,7 +176,7 @@ class InjectionDetector:
         if self._attacks is None or self._benign is None:
             self._attacks = self.embeddings.encode(ATTACK_EXAMPLES)
             self._benign = self.embeddings.encode(BENIGN_EXAMPLES)
-        split = [sentences(t)[:64] or [t] for t in texts]
+        split = [passage_sentences(t) for t in texts]
         flat = [s for group in split for s in group]
         if not flat:
             return [0.0] * len(texts)
@@ -169,15 +201,34 @@ class InjectionDetector:
             out.append((max(pattern, similarity), names))
         return out
 
+    def score_contexts(self, passages: Sequence[str]) -> list[float]:
+        return [score for score, _ in self._scored_contexts(passages)]
+
+    def _scored_contexts(self, passages: Sequence[str]) -> list[tuple[float, list[str]]]:
+        """Per passage: the larger of its patterns and its most instruction-like sentence
+        (on the detector's scale); scored as prompts are without the instruction model."""
+        if self.instructions is None or not passages:
+            return self._scored(passages)
+        groups = [passage_sentences(p) for p in passages]
+        flat = list(dict.fromkeys(s for group in groups for s in group))
+        by_sentence = dict(zip(flat, self.instructions.probabilities(flat), strict=True))
+        calibrated = self.instructions.thresholds[INSTRUCTION]
+        out = []
+        for passage, group in zip(passages, groups, strict=True):
+            instruction = on_scale(max(by_sentence[s] for s in group), calibrated, self.threshold)
+            pattern, names = self.pattern_score(passage)
+            out.append((max(pattern, instruction), names))
+        return out
+
     def score(self, batch: Sequence[Event]) -> list[Finding]:
-        items: list[tuple[Event, str, str]] = []
-        for event in batch:
-            if event.prompt:
-                items.append((event, "prompt", event.prompt))
-            items.extend((event, f"context[{i}]", c) for i, c in enumerate(event.context) if c)
+        prompts = [(event, "prompt", event.prompt) for event in batch if event.prompt]
+        contexts = [(event, f"context[{i}]", c)
+                    for event in batch for i, c in enumerate(event.context) if c]  # fmt: skip
+        items = prompts + contexts
         if not items:
             return []
-        scored = self._scored([text for _, _, text in items])
+        scored = self._scored([text for _, _, text in prompts])
+        scored += self._scored_contexts([text for _, _, text in contexts])
         best: dict[str, tuple[float, str, list[str]]] = {}
         for (event, where, _), (score, patterns) in zip(items, scored, strict=True):
             current = best.get(event.request_id)

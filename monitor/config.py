@@ -331,6 +331,11 @@ class InjectionSettings(BaseModel):
     threshold: float | None = Field(
         default=None, ge=0, le=1, description="unset: calibrated on ordinary requests"
     )
+    instruction_model: bool = Field(
+        default=True,
+        description="context passages: score each sentence with the shipped instruction model "
+        "(one more MiniLM pass per distinct context sentence; docs/detectors.md#injection)",
+    )
 
 
 class BiasSettings(BaseModel):

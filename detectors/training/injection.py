@@ -11,8 +11,9 @@ what this sets is where it flags. Benign traffic is split in two halves:
   half of hh-rlhf's human turns, NotInject parts two and three.
 
 The threshold is the calibration half's (1 − TARGET_FPR) quantile; the held-out false-positive
-rates, the AUC on JailbreakBench + NotInject (direct) and on BIPIA (indirect) are written with
-it to ``detectors/assets/injection.json``, which the detector reads.
+rates, the AUC on JailbreakBench + NotInject (direct) and on BIPIA (indirect: the emails scored
+as context passages, with the instruction model) are written with it to
+``detectors/assets/injection.json``, which the detector reads.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from detectors.adapted import AdaptedClassifier
 from detectors.embedding import EmbeddingService
 from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.sets import injection_sets
-from detectors.injection import CALIBRATION, InjectionDetector
+from detectors.injection import CALIBRATION, DEFAULT_INSTRUCTIONS, InjectionDetector
 
 TARGET_FPR = 0.015
 HUMAN_TURN = "\n\nHuman: "
@@ -85,6 +87,7 @@ def calibrate(detector: InjectionDetector, root: Path) -> dict[str, Any]:
     calibration, held_out = negatives(root)
     pooled = [s for texts in calibration.values() for s in detector.score_texts(texts)]
     threshold = round(float(np.quantile(pooled, 1 - TARGET_FPR)), 3)
+    detector.threshold = threshold  # where the instruction model's own threshold is placed
     held_scores = {source: detector.score_texts(texts) for source, texts in held_out.items()}
     held_rates = {
         source: round(float(np.mean([s >= threshold for s in scores])), 4)
@@ -95,7 +98,9 @@ def calibrate(detector: InjectionDetector, root: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name in ("injection_direct.jsonl", "injection_indirect.jsonl"):
         rows = sets[name]
-        scores = detector.score_texts([r["text"] for r in rows])
+        texts = [r["text"] for r in rows]
+        indirect = name == "injection_indirect.jsonl"  # context passages, not prompts
+        scores = detector.score_contexts(texts) if indirect else detector.score_texts(texts)
         labels = [int(r["label"]) for r in rows]
         hits = [s >= threshold for s, y in zip(scores, labels, strict=True) if y == 1]
         figures[name.removesuffix(".jsonl")] = {
@@ -119,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=CALIBRATION)
     args = parser.parse_args(argv)
     root = eval_dir(args.eval_dir)
-    detector = InjectionDetector(EmbeddingService().start(), threshold=0.5)
+    service = EmbeddingService(backend="auto").start()  # as the CPU runs: the int8 instructions
+    instructions = AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, service)
+    detector = InjectionDetector(service, threshold=0.5, instructions=instructions)
     report = calibrate(detector, root)
     args.out.write_text(json.dumps({"threshold": report["threshold"], "metadata": report},
                                    indent=1, sort_keys=True) + "\n")  # fmt: skip

@@ -7,13 +7,16 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.table import Table
 
 from monitor.cli.common import ByField, JsonFlag, ModelDir, console, err, fail, print_report
 from monitor.errors import MonitorError
+
+if TYPE_CHECKING:
+    from detectors.injection import InjectionDetector
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a detector on labelled data.")
 
@@ -119,15 +122,37 @@ def eval_injection(
     as_json: JsonFlag = False,
     model: ModelDir = None,
     by: ByField = None,
+    as_context: Annotated[
+        bool,
+        typer.Option(
+            "--as-context",
+            help="score each text as a context passage (indirect injection), not a prompt",
+        ),
+    ] = False,
 ) -> None:
     """ROC AUC, precision/recall/F1 and false-positive rate of the injection detector."""
+    from detectors.adapted import AdaptedClassifier
     from detectors.embedding import EmbeddingService
-    from detectors.injection import InjectionDetector
+    from detectors.injection import DEFAULT_INSTRUCTIONS, InjectionDetector
 
-    def build() -> InjectionDetector:
-        return InjectionDetector(EmbeddingService(model).start())
+    def build() -> _TextScorer:
+        service = EmbeddingService(model).start()
+        instructions = AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, service)
+        detector = InjectionDetector(service, instructions=instructions)
+        return _AsContext(detector) if as_context else detector
 
     _eval_text_detector(file, as_json, build, by)
+
+
+class _AsContext:
+    """The injection detector scoring texts as context passages."""
+
+    def __init__(self, detector: InjectionDetector) -> None:
+        self.detector = detector
+        self.threshold = detector.threshold
+
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return self.detector.score_contexts(texts)
 
 
 @eval_app.command("hallucination")

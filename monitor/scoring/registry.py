@@ -16,7 +16,7 @@ from detectors.adapted import AdaptedClassifier
 from detectors.base import Detector, DetectorRegistry
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import GroundingModel, HallucinationDetector, SupportModel
-from detectors.injection import InjectionDetector
+from detectors.injection import DEFAULT_INSTRUCTIONS, InjectionDetector
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.local_models import NliScorer, SequenceClassifier
 from detectors.pii import PiiDetector, PiiScanner
@@ -65,7 +65,13 @@ def build_semantic_detectors(
     if settings.hallucination.enabled:
         detectors.append(hallucination_detector(settings, embeddings))
     if settings.injection.enabled:
-        detectors.append(InjectionDetector(embeddings, settings.injection.threshold))
+        injection = settings.injection
+        instructions = (
+            AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, embeddings)
+            if injection.instruction_model
+            else None
+        )
+        detectors.append(InjectionDetector(embeddings, injection.threshold, instructions))
     return detectors
 
 

@@ -69,6 +69,13 @@ def test_measured_rates_are_read_from_the_shipped_calibrations(tmp_path: Path) -
     )
     assert measured_false_positive_rates(tmp_path) == {"toxicity": 0.012, "injection": 0.018}
     assert set(measured_false_positive_rates()) >= {"toxicity", "injection"}  # shipped ones
+    # with the instruction model, an event is flagged by its prompt or a context passage
+    (tmp_path / "instructions").mkdir()
+    (tmp_path / "instructions" / "adapter.json").write_text(json.dumps({"metadata": {
+        "figures": {"held_out_passage_fpr": 0.01},
+        "figures_by_backend": {"onnx-int8": {"held_out_passage_fpr": 0.015}},
+    }}))  # fmt: skip
+    assert measured_false_positive_rates(tmp_path)["injection"] == pytest.approx(0.033)
 
 
 def test_policy_check_warns_when_the_judge_rule_and_the_judge_disagree(
