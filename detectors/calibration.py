@@ -23,8 +23,11 @@ def _read(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def measured_false_positive_rates(assets: Path = ASSETS) -> dict[str, float]:
-    """Detector name → its false-positive rate on held-out benign requests and answers."""
+def measured_false_positive_rates(
+    assets: Path = ASSETS, instruction_model: bool = True
+) -> dict[str, float]:
+    """Detector name → its false-positive rate on held-out benign requests and answers (for
+    injection with the instruction model on: per event with one context passage)."""
     rates: dict[str, float] = {}
     adapter = _read(assets / "toxicity" / "adapter.json").get("metadata", {})
     head = _read(assets / "toxicity_head.json").get("metadata", {})
@@ -33,7 +36,7 @@ def measured_false_positive_rates(assets: Path = ASSETS) -> dict[str, float]:
         toxicity = head.get("neutral_held_out_fpr")
     injection = _read(assets / "injection.json").get("metadata", {}).get("held_out_fpr_pooled")
     passages = _passage_fpr(_read(assets / "instructions" / "adapter.json").get("metadata", {}))
-    if isinstance(injection, int | float) and passages is not None:
+    if instruction_model and isinstance(injection, int | float) and passages is not None:
         injection += passages  # an event with context is flagged by its prompt or a passage
     for name, value in (("toxicity", toxicity), ("injection", injection)):
         if isinstance(value, int | float):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -44,20 +44,40 @@ from monitor.ingest.events import Event
 CALIBRATION = Path(__file__).parent / "assets" / "injection.json"
 DEFAULT_INSTRUCTIONS = Path(__file__).parent / "assets" / "instructions"
 INSTRUCTION = "instruction"  # the instruction model's label
-MAX_SENTENCES = 64  # per text: a longer one is read up to here
+MAX_SENTENCES = 64  # per text: a longer one is read at its start and its end
 
 
 def passage_sentences(text: str) -> list[str]:
-    """The sentences of a text that are scored (the whole text when it has none)."""
-    return sentences(text)[:MAX_SENTENCES] or [text]
+    """The sentences of a text that are scored (the whole text when it has none): all of
+    them up to ``MAX_SENTENCES``, else the first and the last half of that, since an order is
+    as likely appended to a long document as put at its top."""
+    found = sentences(text)
+    if len(found) > MAX_SENTENCES:
+        half = MAX_SENTENCES // 2
+        found = found[:half] + found[-half:]
+    return found or [text]
+
+
+def most_instruction_like(
+    probabilities: Callable[[Sequence[str]], npt.NDArray[np.float64]], passages: Sequence[str]
+) -> list[float]:
+    """Per passage, its most instruction-like sentence's probability (one model call for the
+    distinct sentences of all of them)."""
+    groups = [passage_sentences(p) for p in passages]
+    flat = list(dict.fromkeys(s for group in groups for s in group))
+    if not flat:
+        return [0.0] * len(passages)
+    by_sentence = dict(zip(flat, probabilities(flat).tolist(), strict=True))
+    return [float(max(by_sentence[s] for s in group)) for group in groups]
 
 
 def on_scale(probability: float, calibrated: float, threshold: float) -> float:
     """``probability`` mapped piecewise-linearly so that ``calibrated`` becomes ``threshold``
-    (0 and 1 stay put): a model calibrated apart can share the detector's one threshold."""
+    (0 and 1 stay put): a model calibrated apart can share the detector's one threshold.
+    ``calibrated`` must lie strictly between 0 and 1 (checked where the model is loaded)."""
     if probability < calibrated:
-        return threshold * probability / calibrated
-    return threshold + (1.0 - threshold) * (probability - calibrated) / (1.0 - calibrated)
+        return float(threshold * probability / calibrated)
+    return float(threshold + (1.0 - threshold) * (probability - calibrated) / (1.0 - calibrated))
 
 
 def calibrated_threshold(path: Path = CALIBRATION) -> float:
@@ -158,6 +178,13 @@ class InjectionDetector:
             raise ValueError(f"injection threshold must be within [0, 1], got {self.threshold}")
         self.instructions = instructions
         if instructions is not None:
+            calibrated = instructions.thresholds.get(INSTRUCTION)
+            if calibrated is None or not 0.0 < calibrated < 1.0:
+                raise ValueError(
+                    f"instruction model {instructions.directory}: needs a calibrated "
+                    f"'{INSTRUCTION}' threshold strictly between 0 and 1, got {calibrated}; "
+                    "recalibrate it with python -m detectors.training.instructions --recalibrate"
+                )
             self.version = f"{InjectionDetector.version}+{instructions.name}"
         self._attacks: npt.NDArray[np.float32] | None = None
         self._benign: npt.NDArray[np.float32] | None = None
@@ -209,15 +236,12 @@ class InjectionDetector:
         (on the detector's scale); scored as prompts are without the instruction model."""
         if self.instructions is None or not passages:
             return self._scored(passages)
-        groups = [passage_sentences(p) for p in passages]
-        flat = list(dict.fromkeys(s for group in groups for s in group))
-        by_sentence = dict(zip(flat, self.instructions.probabilities(flat), strict=True))
         calibrated = self.instructions.thresholds[INSTRUCTION]
+        best = most_instruction_like(self.instructions.probabilities, passages)
         out = []
-        for passage, group in zip(passages, groups, strict=True):
-            instruction = on_scale(max(by_sentence[s] for s in group), calibrated, self.threshold)
+        for passage, probability in zip(passages, best, strict=True):
             pattern, names = self.pattern_score(passage)
-            out.append((max(pattern, instruction), names))
+            out.append((max(pattern, on_scale(probability, calibrated, self.threshold)), names))
         return out
 
     def score(self, batch: Sequence[Event]) -> list[Finding]:
@@ -227,8 +251,11 @@ class InjectionDetector:
         items = prompts + contexts
         if not items:
             return []
-        scored = self._scored([text for _, _, text in prompts])
-        scored += self._scored_contexts([text for _, _, text in contexts])
+        if self.instructions is None:  # passages are read as prompts are: one call
+            scored = self._scored([text for _, _, text in items])
+        else:
+            scored = self._scored([text for _, _, text in prompts])
+            scored += self._scored_contexts([text for _, _, text in contexts])
         best: dict[str, tuple[float, str, list[str]]] = {}
         for (event, where, _), (score, patterns) in zip(items, scored, strict=True):
             current = best.get(event.request_id)
@@ -239,7 +266,7 @@ class InjectionDetector:
             if event.request_id not in best:
                 continue
             score, where, patterns = best[event.request_id]
-            flagged = score >= self.threshold
+            flagged = bool(score >= self.threshold)
             category = "clean"
             if flagged:
                 category = "direct" if where == "prompt" else "indirect"

@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=CALIBRATION)
     args = parser.parse_args(argv)
     root = eval_dir(args.eval_dir)
-    service = EmbeddingService(backend="auto").start()  # as the CPU runs: the int8 instructions
+    # As the CPU runs (int8 instruction model), on any machine, so the figures are comparable.
+    service = EmbeddingService(device="cpu", backend="auto").start()
     instructions = AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, service)
     detector = InjectionDetector(service, threshold=0.5, instructions=instructions)
     report = calibrate(detector, root)

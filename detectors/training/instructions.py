@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.adapted import INT8, AdaptedClassifier, AdapterSpec
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.sets import injection_sets
 from detectors.hallucination import sentences
-from detectors.injection import INSTRUCTION, passage_sentences
+from detectors.injection import INSTRUCTION, most_instruction_like, passage_sentences
 from detectors.training import grounding_data
 from detectors.training.adapter import Example, TrainConfig, train
 from detectors.training.injection import auc, human_turns
@@ -154,21 +155,17 @@ def training_examples(root: Path, seed: int) -> list[Example]:
     rng = random.Random(seed)  # noqa: S311 - a seeded shuffle, not a secret
     rng.shuffle(answers)
     room = max(0, int(NEGATIVES_PER_POSITIVE * len(positives)) - len(data))
-    negatives = data + [s for s in answers[:room] if s not in set(positives)]
+    asked = set(positives)
+    negatives = data + [s for s in answers[:room] if s not in asked]
     return [Example(s, 1) for s in positives] + [Example(s, 0) for s in negatives]
 
 
-Scorer = Callable[[Sequence[str]], np.ndarray]
+Scorer = Callable[[Sequence[str]], npt.NDArray[np.float64]]
 
 
 def passage_scores(probabilities: Scorer, texts: Sequence[str]) -> np.ndarray:
-    """Per passage, the most instruction-like sentence's probability (one model call)."""
-    groups = [passage_sentences(t) for t in texts]
-    flat = list(dict.fromkeys(s for g in groups for s in g))
-    if not flat:
-        return np.zeros(len(texts))
-    by_sentence = dict(zip(flat, probabilities(flat), strict=True))
-    return np.asarray([max(by_sentence[s] for s in g) for g in groups], dtype=np.float64)
+    """Per passage, the most instruction-like sentence's probability, as the detector reads it."""
+    return np.asarray(most_instruction_like(probabilities, texts), dtype=np.float64)
 
 
 def synthetic_indirect(root: Path, seed: int) -> tuple[list[str], list[int]]:

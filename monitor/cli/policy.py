@@ -127,7 +127,7 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
 
     try:
         policy = load_policy(file)
-        judge = settings_for().judge
+        settings = settings_for()
     except MonitorError as exc:
         fail(exc)
         return
@@ -138,8 +138,11 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
         f"webhooks rollback {len(hooks.rollback)} kill {len(hooks.kill)} resume "
         f"{len(hooks.resume)}"
     )
-    warnings = false_positive_warnings(policy, measured_false_positive_rates())
-    for warning in warnings + judge_warnings(policy, judge):
+    rates = measured_false_positive_rates(
+        instruction_model=settings.detectors.injection.instruction_model
+    )
+    warnings = false_positive_warnings(policy, rates)
+    for warning in warnings + judge_warnings(policy, settings.judge):
         err.print(f"[yellow]warning:[/] {warning}")
 
 
