@@ -189,6 +189,20 @@ class InjectionDetector:
         self._attacks: npt.NDArray[np.float32] | None = None
         self._benign: npt.NDArray[np.float32] | None = None
 
+    @classmethod
+    def shipped(
+        cls, embeddings: EmbeddingService, threshold: float | None = None,
+        instruction_model: bool = True,
+    ) -> InjectionDetector:  # fmt: skip
+        """With the shipped instruction model (unless turned off) on the embedding service's
+        device, backend and ONNX cache: the detector as the embed role runs it."""
+        instructions = (
+            AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, embeddings)
+            if instruction_model
+            else None
+        )
+        return cls(embeddings, threshold, instructions)
+
     @staticmethod
     def pattern_score(text: str) -> tuple[float, list[str]]:
         """Noisy-OR of the matching patterns' weights, and their names."""

@@ -20,7 +20,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["request", "answer"]
 Half = Literal["calibration", "held_out"]
@@ -35,15 +35,16 @@ class BenignText:
     source: str
 
 
-def _jsonl(path: Path) -> list[dict[str, object]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file (blank lines skipped)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _instructions(path: Path, source: str) -> list[BenignText]:
     out = []
-    for row in _jsonl(path):
+    for row in read_jsonl(path):
         out.append(BenignText(str(row["instruction"]), "request", source))
-        for instance in row.get("instances", []):  # type: ignore[attr-defined]
+        for instance in row.get("instances", []):
             if instance.get("input"):
                 out.append(BenignText(str(instance["input"]), "request", source))
             if instance.get("output"):
@@ -54,14 +55,14 @@ def _instructions(path: Path, source: str) -> list[BenignText]:
 def _questions(path: Path, source: str) -> list[BenignText]:
     return [
         BenignText(str(turn), "request", source)
-        for row in _jsonl(path)
-        for turn in row["turns"]  # type: ignore[attr-defined]
+        for row in read_jsonl(path)
+        for turn in row["turns"]
     ]
 
 
 def _halueval(path: Path, rows: slice) -> list[BenignText]:
     out = []
-    for row in _jsonl(path)[rows]:
+    for row in read_jsonl(path)[rows]:
         out.append(BenignText(str(row["question"]), "request", "halueval"))
         out.append(BenignText(str(row["knowledge"]), "answer", "halueval"))
         out.append(BenignText(str(row["right_answer"]), "answer", "halueval"))

@@ -27,25 +27,26 @@ from typing import Any
 
 import numpy as np
 
-from detectors.adapted import AdaptedClassifier
 from detectors.embedding import EmbeddingService
 from detectors.evaluation.benign import benign_texts
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.sets import injection_sets
-from detectors.injection import CALIBRATION, DEFAULT_INSTRUCTIONS, InjectionDetector
+from detectors.injection import CALIBRATION, InjectionDetector
 
 TARGET_FPR = 0.015
-HUMAN_TURN = "\n\nHuman: "
+HH_RLHF = Path("traffic") / "hh-rlhf_harmless-base_test.jsonl.gz"
 
 
-def human_turns(path: Path) -> list[list[str]]:
-    """Per hh-rlhf dialogue, its human turns (from the ``chosen`` transcript)."""
+def dialogue_turns(path: Path, speaker: str = "Human") -> list[list[str]]:
+    """Per hh-rlhf dialogue, the turns of ``speaker`` ("Human" or "Assistant"), from the
+    ``chosen`` transcript."""
+    other = "Assistant" if speaker == "Human" else "Human"
     out = []
     with gzip.open(path, "rt") as f:
         for line in f:
             chosen = json.loads(line)["chosen"]
-            turns = [part.split("\n\nAssistant:")[0].strip()
-                     for part in chosen.split(HUMAN_TURN)[1:]]  # fmt: skip
+            turns = [part.split(f"\n\n{other}:")[0].strip()
+                     for part in chosen.split(f"\n\n{speaker}:")[1:]]  # fmt: skip
             out.append([t for t in turns if t])
     return out
 
@@ -53,7 +54,7 @@ def human_turns(path: Path) -> list[list[str]]:
 def negatives(root: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(calibration, held-out) benign requests by source."""
     injection = root / "prompt_injection"
-    dialogues = human_turns(root / "traffic" / "hh-rlhf_harmless-base_test.jsonl.gz")
+    dialogues = dialogue_turns(root / HH_RLHF)
     half = len(dialogues) // 2
 
     def notinject(*parts: str) -> list[str]:
@@ -126,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = eval_dir(args.eval_dir)
     # As the CPU runs (int8 instruction model), on any machine, so the figures are comparable.
     service = EmbeddingService(device="cpu", backend="auto").start()
-    instructions = AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, service)
-    detector = InjectionDetector(service, threshold=0.5, instructions=instructions)
+    detector = InjectionDetector.shipped(service, threshold=0.5)
     report = calibrate(detector, root)
     args.out.write_text(json.dumps({"threshold": report["threshold"], "metadata": report},
                                    indent=1, sort_keys=True) + "\n")  # fmt: skip

@@ -40,19 +40,21 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.adapted import INT8, AdaptedClassifier, AdapterSpec
+from detectors.evaluation.benign import read_jsonl
 from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.sets import injection_sets
 from detectors.hallucination import sentences
 from detectors.injection import INSTRUCTION, most_instruction_like, passage_sentences
 from detectors.training import grounding_data
 from detectors.training.adapter import Example, TrainConfig, train
-from detectors.training.injection import auc, human_turns
+from detectors.training.injection import HH_RLHF, auc, dialogue_turns
 
 ARTIFACT = Path(__file__).resolve().parents[1] / "assets" / "instructions"
 LABEL = INSTRUCTION
 TARGET_FPR = 0.015
 PARTS = 4  # passages by hash: 0, 1 train; 2 calibration; 3 held out
 NEGATIVES_PER_POSITIVE = 1.5
+SEED_TASKS = "self_instruct_seed_tasks.jsonl"
 PASSAGE_SOURCES = ("summedits", "begin", "faithdial", "dialfact")
 
 
@@ -61,17 +63,13 @@ def part(text: str) -> int:
     return int(hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest(), 16) % PARTS
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def passages(root: Path) -> dict[str, list[str]]:
     """Data passages by source (deduplicated): documents and knowledge an assistant reads."""
     by_source: dict[str, list[str]] = {}
     for claim in grounding_data.load(root / "hallucination", PASSAGE_SOURCES):
         source = f"summedits_{claim.category}" if claim.source == "summedits" else claim.source
         by_source.setdefault(source, []).append(claim.evidence)
-    halueval = _jsonl(root / "hallucination" / "halueval_qa_one-turn_data.jsonl")
+    halueval = read_jsonl(root / "hallucination" / "halueval_qa_one-turn_data.jsonl")
     by_source["halueval"] = [str(row["knowledge"]) for row in halueval]
     return {source: list(dict.fromkeys(texts)) for source, texts in by_source.items()}
 
@@ -84,8 +82,8 @@ def _short(texts: Sequence[str]) -> list[str]:
 def requests(root: Path, half: str) -> dict[str, list[str]]:
     """What people ask assistants, by source: the training half or the held-out half."""
     prompts = root / "prompt_injection"
-    dialogues = human_turns(root / "traffic" / "hh-rlhf_harmless-base_test.jsonl.gz")
-    halueval = _jsonl(root / "hallucination" / "halueval_qa_one-turn_data.jsonl")
+    dialogues = dialogue_turns(root / HH_RLHF)
+    halueval = read_jsonl(root / "hallucination" / "halueval_qa_one-turn_data.jsonl")
 
     def notinject(*parts: str) -> list[str]:
         files = [prompts / f"notinject_{p}.json" for p in parts]
@@ -96,11 +94,12 @@ def requests(root: Path, half: str) -> dict[str, list[str]]:
             return [row[field] for row in csv.DictReader(f)]
 
     def questions(name: str) -> list[str]:
-        return [str(t) for row in _jsonl(prompts / "benign_prompts" / name) for t in row["turns"]]
+        rows = read_jsonl(prompts / "benign_prompts" / name)
+        return [str(turn) for row in rows for turn in row["turns"]]
 
     half_point = len(dialogues) // 2
     if half == "train":
-        seed = _jsonl(prompts / "benign_prompts" / "self_instruct_seed_tasks.jsonl")
+        seed = read_jsonl(prompts / "benign_prompts" / SEED_TASKS)
         return {
             "self_instruct": [str(row["instruction"]) for row in seed],
             "halueval": [str(row["question"]) for row in halueval[:250]],
@@ -109,7 +108,7 @@ def requests(root: Path, half: str) -> dict[str, list[str]]:
             "advbench": column("advbench_harmful_behaviors.csv", "goal"),
             "harmbench": column("harmbench_behaviors_text_all.csv", "Behavior"),
         }
-    oriented = _jsonl(prompts / "benign_prompts" / "user_oriented_instructions.jsonl")
+    oriented = read_jsonl(prompts / "benign_prompts" / "user_oriented_instructions.jsonl")
     return {
         "user_oriented": [str(row["instruction"]) for row in oriented],
         "mt_bench": questions("mt_bench_question.jsonl"),
@@ -122,21 +121,13 @@ def requests(root: Path, half: str) -> dict[str, list[str]]:
 def assistant_turns(root: Path) -> list[str]:
     """The assistant turns of the first half of hh-rlhf's dialogues (answers give advice and
     ask back, but are not requests to an assistant)."""
-    import gzip
-
-    path = root / "traffic" / "hh-rlhf_harmless-base_test.jsonl.gz"
-    with gzip.open(path, "rt") as f:
-        dialogues = [json.loads(line)["chosen"] for line in f]
-    out = []
-    for chosen in dialogues[: len(dialogues) // 2]:
-        for turn in chosen.split("\n\nAssistant:")[1:]:
-            out.append(turn.split("\n\nHuman:")[0].strip())
-    return [t for t in out if t]
+    dialogues = dialogue_turns(root / HH_RLHF, "Assistant")
+    return [t for d in dialogues[: len(dialogues) // 2] for t in d]
 
 
 def seed_task_data(root: Path) -> list[str]:
     """The inputs and outputs of the self-instruct seed tasks: data handed to an assistant."""
-    seed = _jsonl(root / "prompt_injection" / "benign_prompts" / "self_instruct_seed_tasks.jsonl")
+    seed = read_jsonl(root / "prompt_injection" / "benign_prompts" / SEED_TASKS)
     return [str(instance[key]) for row in seed for instance in row.get("instances", [])
             for key in ("input", "output") if instance.get(key)]  # fmt: skip
 

@@ -131,14 +131,11 @@ def eval_injection(
     ] = False,
 ) -> None:
     """ROC AUC, precision/recall/F1 and false-positive rate of the injection detector."""
-    from detectors.adapted import AdaptedClassifier
     from detectors.embedding import EmbeddingService
-    from detectors.injection import DEFAULT_INSTRUCTIONS, InjectionDetector
+    from detectors.injection import InjectionDetector
 
     def build() -> _TextScorer:
-        service = EmbeddingService(model).start()
-        instructions = AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, service)
-        detector = InjectionDetector(service, instructions=instructions)
+        detector = InjectionDetector.shipped(EmbeddingService(model).start())
         return _AsContext(detector) if as_context else detector
 
     _eval_text_detector(file, as_json, build, by)

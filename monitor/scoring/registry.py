@@ -16,7 +16,7 @@ from detectors.adapted import AdaptedClassifier
 from detectors.base import Detector, DetectorRegistry
 from detectors.embedding import EmbeddingService
 from detectors.hallucination import GroundingModel, HallucinationDetector, SupportModel
-from detectors.injection import DEFAULT_INSTRUCTIONS, InjectionDetector
+from detectors.injection import InjectionDetector
 from detectors.latency_errors import LatencyErrorsDetector
 from detectors.local_models import NliScorer, SequenceClassifier
 from detectors.pii import PiiDetector, PiiScanner
@@ -66,12 +66,9 @@ def build_semantic_detectors(
         detectors.append(hallucination_detector(settings, embeddings))
     if settings.injection.enabled:
         injection = settings.injection
-        instructions = (
-            AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, embeddings)
-            if injection.instruction_model
-            else None
+        detectors.append(
+            InjectionDetector.shipped(embeddings, injection.threshold, injection.instruction_model)
         )
-        detectors.append(InjectionDetector(embeddings, injection.threshold, instructions))
     return detectors
 
 

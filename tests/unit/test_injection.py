@@ -5,7 +5,6 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from detectors.adapted import AdaptedClassifier
 from detectors.embedding import EmbeddingService
 from detectors.injection import (
     DEFAULT_INSTRUCTIONS,
@@ -108,8 +107,7 @@ ASKS = [
 
 @pytest.fixture(scope="module")
 def with_instructions(cpu_embeddings: EmbeddingService) -> InjectionDetector:
-    instructions = AdaptedClassifier.beside(DEFAULT_INSTRUCTIONS, cpu_embeddings)
-    return InjectionDetector(cpu_embeddings, instructions=instructions)
+    return InjectionDetector.shipped(cpu_embeddings)
 
 
 def test_a_request_hidden_in_a_context_passage_is_indirect_injection(
