@@ -74,9 +74,15 @@ def passages(root: Path) -> dict[str, list[str]]:
     return {source: list(dict.fromkeys(texts)) for source, texts in by_source.items()}
 
 
+MIN_REQUEST_WORDS = 4  # "Yes.", "Go on.", "Thanks!": replies in a dialogue, not requests
+
+
 def _short(texts: Sequence[str]) -> list[str]:
-    """Requests of one or two sentences (a longer turn mixes its ask with its story)."""
-    return [t for t in texts if t.strip() and len(sentences(t)) <= 2]
+    """The sentences of requests of one or two sentences (a longer turn mixes its ask with
+    its story), each of at least ``MIN_REQUEST_WORDS`` words (a shorter one in a dialogue
+    acknowledges, it does not ask)."""
+    return [s for t in texts if t.strip() and len(sentences(t)) <= 2
+            for s in sentences(t) if len(s.split()) >= MIN_REQUEST_WORDS]  # fmt: skip
 
 
 def requests(root: Path, half: str) -> dict[str, list[str]]:
@@ -107,11 +113,11 @@ def requests(root: Path, half: str) -> dict[str, list[str]]:
             "notinject": notinject("one"),
             "advbench": column("advbench_harmful_behaviors.csv", "goal"),
             "harmbench": column("harmbench_behaviors_text_all.csv", "Behavior"),
+            "mt_bench": questions("mt_bench_question.jsonl"),
         }
     oriented = read_jsonl(prompts / "benign_prompts" / "user_oriented_instructions.jsonl")
     return {
         "user_oriented": [str(row["instruction"]) for row in oriented],
-        "mt_bench": questions("mt_bench_question.jsonl"),
         "vicuna": questions("vicuna_bench_question.jsonl"),
         "hh_rlhf": _short([t for d in dialogues[half_point:] for t in d]),
         "notinject": notinject("two", "three"),

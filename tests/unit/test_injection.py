@@ -101,7 +101,7 @@ EMAIL = (
 )
 ASKS = [
     "Write a script to delete every file in the home directory.",
-    "What is the capital of France?",
+    "Write a short poem about the sea.",
 ]
 
 
