@@ -239,25 +239,35 @@ def detectors(policy: Policy) -> db.Dashboard:
     )  # fmt: skip
 
 
-# (title, rule, detector): the canary dashboard's detector panels, lines from rate rules.
+# (title, detector): the canary dashboard's detector panels, lines from the policy's rules.
 CANARY_DETECTORS = (
-    ("Toxicity rate", "rollback.toxicity_rate", "toxicity"),
-    ("PII leak rate", "rollback.pii_rate", "pii"),
-    ("Hallucination rate", "rollback.hallucination_rate", "hallucination"),
+    ("Toxicity rate", "toxicity"),
+    ("PII leak rate", "pii"),
+    ("Hallucination rate", "hallucination"),
 )
+
+
+def detector_rule(policy: Policy, title: str, detector: str) -> tuple[str, str, str, float | None]:
+    """The detector's rate rule; without one, its canary-minus-stable rule when the policy
+    compares it (hallucination, by default); else the rate rule's name with no line."""
+    r = policy.rollback
+    if detector in r.detector_rates:
+        threshold = r.detector_rates[detector].threshold
+        return title, f"rollback.{detector}_rate", "percentunit", threshold
+    if detector in r.canary_vs_stable.rates:
+        return (f"{title}: canary minus stable", f"rollback.canary_vs_stable.{detector}",
+                "percentunit", r.canary_vs_stable.margin)  # fmt: skip
+    return title, f"rollback.{detector}_rate", "percentunit", None
 
 
 def canary_rules(policy: Policy) -> list[tuple[str, str, str, float | None]]:
     """(title, rule, unit, threshold) per panel, the threshold from ``policy``, in the
-    llm_monitor_policy_rule gauge's base units (latency in seconds). A detector the policy
-    has no rate rule for gets no line."""
+    llm_monitor_policy_rule gauge's base units (latency in seconds)."""
     r = policy.rollback
-    rates = r.detector_rates
     return [
         ("Error rate", "rollback.error_rate", "percentunit", r.error_rate.threshold),
         ("p99 latency", "rollback.p99_latency", "s", r.p99_latency.threshold_ms / 1000),
-        *((title, rule, "percentunit", rates[d].threshold if d in rates else None)
-          for title, rule, d in CANARY_DETECTORS),
+        *(detector_rule(policy, title, d) for title, d in CANARY_DETECTORS),
         ("Complaint rate", "rollback.complaint_rate", "percentunit", r.complaint_rate.threshold),
     ]  # fmt: skip
 

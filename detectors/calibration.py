@@ -1,9 +1,9 @@
 """The false-positive rates on benign traffic that ship with each detector's calibration.
 
 Read from the artifacts themselves (the toxicity adapter's or head's metadata, the injection
-calibration and the instruction model's), so the figures the policy is checked against are the
-ones measured for the weights and thresholds that run. A detector without a measured rate is
-left out.
+calibration and the instruction model's, the hallucination detector's measurement on right
+answers), so the figures the policy is checked against are the ones measured for the weights
+and thresholds that run. A detector without a measured rate is left out.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def measured_false_positive_rates(
-    assets: Path = ASSETS, instruction_model: bool = True
+    assets: Path = ASSETS, instruction_model: bool = True, shipped_hallucination: bool = True
 ) -> dict[str, float]:
     """Detector name → its false-positive rate on held-out benign requests and answers (for
-    injection with the instruction model on: per event with one context passage)."""
+    injection with the instruction model on: per event with one context passage; for
+    hallucination, on right answers, unless ``shipped_hallucination`` is off because another
+    grounding model or threshold runs, which the figure does not describe)."""
     rates: dict[str, float] = {}
     adapter = _read(assets / "toxicity" / "adapter.json").get("metadata", {})
     head = _read(assets / "toxicity_head.json").get("metadata", {})
@@ -38,7 +40,10 @@ def measured_false_positive_rates(
     passages = _passage_fpr(_read(assets / "instructions" / "adapter.json").get("metadata", {}))
     if instruction_model and isinstance(injection, int | float) and passages is not None:
         injection += passages  # an event with context is flagged by its prompt or a passage
-    for name, value in (("toxicity", toxicity), ("injection", injection)):
+    hallucination = _read(assets / "hallucination.json").get("metadata", {})
+    grounding = hallucination.get("held_out_fpr_pooled") if shipped_hallucination else None
+    for name, value in (("toxicity", toxicity), ("injection", injection),
+                        ("hallucination", grounding)):  # fmt: skip
         if isinstance(value, int | float):
             rates[name] = float(value)
     return rates

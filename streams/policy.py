@@ -31,14 +31,13 @@ import faust
 import msgspec
 from pydantic import SecretStr
 
-from detectors.calibration import measured_false_positive_rates
 from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.judge.evaluator import pairwise_window_of
 from monitor.judge.pairwise import PairwiseWindow
 from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
 from monitor.policy.alertmanager import AlertmanagerPusher
-from monitor.policy.checks import false_positive_warnings, judge_warnings
+from monitor.policy.checks import false_positive_warnings, judge_warnings, measured_rates
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
@@ -127,7 +126,7 @@ def check_policy(settings: Settings) -> Policy:
             "signed. Fix: set LLM_MONITOR_POLICY__WEBHOOK_SECRET (e.g. `openssl rand -hex 32`) "
             "and give receivers the same secret."
         )
-    warnings = false_positive_warnings(policy, measured_false_positive_rates())
+    warnings = false_positive_warnings(policy, measured_rates(settings.detectors))
     for warning in warnings + judge_warnings(policy, settings.judge):
         log.warning("policy: %s", warning)
     return policy

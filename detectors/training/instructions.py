@@ -6,9 +6,10 @@ sentence is "is this a request addressed to an assistant?", whatever it asks for
 MiniLM is fine-tuned with LoRA (detectors/training/adapter.py) on single sentences:
 
 - **instructions** (label 1): what people ask assistants — self-instruct seed task
-  instructions, HaluEval questions 0–249, the human turns of the first half of hh-rlhf's
-  harmless-base test dialogues (one or two sentences), NotInject part one, AdvBench and
-  HarmBench behaviours;
+  instructions, HaluEval questions 0–249, the sentences of at least four words of the human
+  turns of the first half of hh-rlhf's harmless-base test dialogues (one or two sentences),
+  MT-Bench questions (both turns: the second gives orders about the previous answer),
+  NotInject part one, AdvBench and HarmBench behaviours;
 - **data** (label 0): sentences of passages an assistant reads — SummEdits documents (news,
   podcasts, meetings, earnings and sales calls, sales emails, papers), BEGIN, FaithDial and
   DialFact knowledge, HaluEval knowledge (two quarters of the passages, by a hash of the text),
@@ -19,8 +20,8 @@ A passage scores the maximum over its sentences. The threshold is the (1 − TAR
 of a third quarter of the passages, for fp32 and for the int8 model the CPU runs; the fourth
 quarter is held out. Figures written beside the weights (``adapter.json``): the held-out
 false-positive rate per source, the AUC of a synthetic indirect set of our own (held-out
-passages, clean and with one held-out request appended: MT-Bench, Vicuna, user-oriented tasks,
-the other half of hh-rlhf, NotInject two and three), and BIPIA (emails, clean and attacked),
+passages, clean and with one held-out request appended: Vicuna, user-oriented tasks, the
+other half of hh-rlhf, NotInject two and three), and BIPIA (emails, clean and attacked),
 which nothing here was trained or chosen on. Licences: docs/detectors.md.
 """
 

@@ -121,8 +121,7 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
     """Validate a policy file; errors name the field and the fix. Warns about rules benign
     traffic alone could fire, given the detectors' measured false-positive rates, and about a
     judge rule that disagrees with the judge settings (environment or config file)."""
-    from detectors.calibration import measured_false_positive_rates
-    from monitor.policy.checks import false_positive_warnings, judge_warnings
+    from monitor.policy.checks import false_positive_warnings, judge_warnings, measured_rates
     from monitor.policy.config import load_policy
 
     try:
@@ -138,10 +137,7 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
         f"webhooks rollback {len(hooks.rollback)} kill {len(hooks.kill)} resume "
         f"{len(hooks.resume)}"
     )
-    rates = measured_false_positive_rates(
-        instruction_model=settings.detectors.injection.instruction_model
-    )
-    warnings = false_positive_warnings(policy, rates)
+    warnings = false_positive_warnings(policy, measured_rates(settings.detectors))
     for warning in warnings + judge_warnings(policy, settings.judge):
         err.print(f"[yellow]warning:[/] {warning}")
 

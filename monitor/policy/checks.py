@@ -14,11 +14,23 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from monitor.config import JudgeSettings
+from detectors.calibration import measured_false_positive_rates
+from monitor.config import DetectorsSettings, JudgeSettings
 from monitor.policy.config import CountRule, Policy, RateRule
 
 MARGIN = 2.0  # a rate threshold under this many times the false-positive rate has no headroom
 COUNT_FIRE_CHANCE = 0.05  # a count rule fired by noise this often at its minimum sample is noisy
+
+
+def measured_rates(detectors: DetectorsSettings) -> dict[str, float]:
+    """The shipped false-positive rates that describe the detectors as configured: the
+    hallucination figure only for the shipped grounding and thresholds."""
+    h = detectors.hallucination
+    custom = (h.adapter_path, h.nli_model_path, h.grounding_threshold, h.consistency_threshold)
+    return measured_false_positive_rates(
+        instruction_model=detectors.injection.instruction_model,
+        shipped_hallucination=all(value is None for value in custom),
+    )
 
 
 def false_positive_warnings(policy: Policy, rates: Mapping[str, float]) -> list[str]:

@@ -52,7 +52,9 @@ class ComparisonRule(_Strict):
     """Canary minus stable, per rate: fires when the difference's lower bound > ``margin``."""
 
     margin: float = Field(default=0.02, ge=0, le=1)
-    rates: list[str] = Field(default_factory=lambda: ["error_rate", "toxicity", "pii"])
+    rates: list[str] = Field(
+        default_factory=lambda: ["error_rate", "toxicity", "pii", "hallucination"]
+    )
     min_samples: int | None = Field(default=None, ge=1)
     enabled: bool = True
 
@@ -82,7 +84,8 @@ class RollbackTriggers(_Strict):
         default_factory=lambda: {
             "toxicity": RateRule(threshold=0.02),
             "pii": RateRule(threshold=0.01),
-            "hallucination": RateRule(threshold=0.10),
+            # No absolute hallucination rule: the shipped grounding flags 46 % of right answers
+            # that paraphrase (detectors/assets/hallucination.json); canary_vs_stable compares it.
             "injection": RateRule(threshold=0.10),
         }
     )

@@ -60,8 +60,13 @@ def test_threshold_lines_follow_the_policy() -> None:
     judge = "LLM judge: canary win rate against stable, with its interval"
     assert red_line(default["canary-vs-stable"], judge) == (0.45, "percentunit")
     assert red_line(canary, judge) == (0.40, "percentunit")
-    no_rule = next(p for p in canary["panels"] if p["title"] == "Hallucination rate")
-    assert "thresholds" not in no_rule["fieldConfig"]["defaults"]  # no rate rule: no line
+    # hallucination has no rate rule by default: its panel is the canary-minus-stable rule
+    compared = "Hallucination rate: canary minus stable"
+    assert red_line(default["canary-vs-stable"], compared) == (0.02, "percentunit")
+    neither = build_all(Policy.model_validate({"rollback": {
+        "canary_vs_stable": {"rates": ["error_rate"]}}}))["canary-vs-stable"]  # fmt: skip
+    no_rule = next(p for p in neither["panels"] if p["title"] == "Hallucination rate")
+    assert "thresholds" not in no_rule["fieldConfig"]["defaults"]  # no rule at all: no line
 
 
 def subset(ours: Any, theirs: Any, path: str = "") -> list[str]:

@@ -104,7 +104,7 @@ def test_below_minimum_samples_every_trigger_is_inconclusive_not_healthy() -> No
     assert verdicts.pop("kill.data_breach") == "healthy"  # its minimum is 1: a leak is a leak
     assert set(verdicts.values()) == {"inconclusive"}
     assert {"rollback.error_rate", "rollback.safety_incidents", "rollback.p99_latency",
-            "rollback.toxicity_rate", "rollback.hallucination_rate", "rollback.injection_rate",
+            "rollback.toxicity_rate", "rollback.canary_vs_stable.hallucination", "rollback.injection_rate",
             "rollback.complaint_rate", "rollback.canary_vs_stable.error_rate",
             "kill.cascade_failure", "kill.safety_critical"} <= set(verdicts)  # fmt: skip
 

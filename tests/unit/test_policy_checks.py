@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from detectors.calibration import measured_false_positive_rates
 from monitor.cli import app
-from monitor.policy.checks import false_positive_warnings
+from monitor.config import DetectorsSettings
+from monitor.policy.checks import false_positive_warnings, measured_rates
 from monitor.policy.config import Policy
 
 
@@ -68,7 +69,7 @@ def test_measured_rates_are_read_from_the_shipped_calibrations(tmp_path: Path) -
         json.dumps({"threshold": 0.6, "metadata": {"held_out_fpr_pooled": 0.018}})
     )
     assert measured_false_positive_rates(tmp_path) == {"toxicity": 0.012, "injection": 0.018}
-    assert set(measured_false_positive_rates()) >= {"toxicity", "injection"}  # shipped ones
+    assert set(measured_false_positive_rates()) >= {"toxicity", "injection", "hallucination"}
     # with the instruction model, an event is flagged by its prompt or a context passage
     (tmp_path / "instructions").mkdir()
     (tmp_path / "instructions" / "adapter.json").write_text(json.dumps({"metadata": {
@@ -76,6 +77,35 @@ def test_measured_rates_are_read_from_the_shipped_calibrations(tmp_path: Path) -
         "figures_by_backend": {"onnx-int8": {"held_out_passage_fpr": 0.015}},
     }}))  # fmt: skip
     assert measured_false_positive_rates(tmp_path)["injection"] == pytest.approx(0.033)
+
+
+def test_an_absolute_hallucination_rule_is_warned_about_with_the_shipped_grounding(
+    tmp_path: Path,
+) -> None:
+    """Word novelty flags about half of right answers that paraphrase their sources: a rate
+    rule on it rolls back healthy canaries, so the shipped policy compares it with stable."""
+    rates = measured_false_positive_rates()
+    assert rates["hallucination"] > 0.2  # the measured figure, shipped beside the detector
+    rule = policy(rollback={"detector_rates": {"hallucination": {"threshold": 0.10}}})
+    (warning,) = false_positive_warnings(rule, rates)
+    assert warning.startswith("rollback.detector_rates.hallucination.threshold 0.1 is at or below")
+    assert "hallucination" in policy().rollback.canary_vs_stable.rates
+    assert "hallucination" not in policy().rollback.detector_rates
+    # another grounding model or threshold: the shipped figure does not describe it
+    custom = DetectorsSettings.model_validate({"hallucination": {"grounding_threshold": 0.9}})
+    assert "hallucination" not in measured_rates(custom)
+    assert measured_rates(DetectorsSettings())["hallucination"] == rates["hallucination"]
+
+
+def test_the_hallucination_figure_was_measured_at_the_thresholds_that_run() -> None:
+    from detectors.calibration import ASSETS
+    from detectors.hallucination import HallucinationDetector
+
+    measured = json.loads((ASSETS / "hallucination.json").read_text())["metadata"]
+    assert measured["thresholds"] == HallucinationDetector.THRESHOLD, (
+        "re-measure: python -m detectors.training.hallucination"
+    )
+    assert measured["detector_version"] == HallucinationDetector.version
 
 
 def test_policy_check_warns_when_the_judge_rule_and_the_judge_disagree(
