@@ -248,13 +248,13 @@ CANARY_DETECTORS = (
 
 
 def detector_rule(policy: Policy, title: str, detector: str) -> tuple[str, str, str, float | None]:
-    """The detector's rate rule; without one, its canary-minus-stable rule when the policy
-    compares it (hallucination, by default); else the rate rule's name with no line."""
+    """The detector's enabled rate rule; without one, its canary-minus-stable rule when the
+    policy compares it (hallucination, by default); else the rate rule's name with no line."""
     r = policy.rollback
-    if detector in r.detector_rates:
-        threshold = r.detector_rates[detector].threshold
-        return title, f"rollback.{detector}_rate", "percentunit", threshold
-    if detector in r.canary_vs_stable.rates:
+    rate = r.detector_rates.get(detector)
+    if rate is not None and rate.enabled:
+        return title, f"rollback.{detector}_rate", "percentunit", rate.threshold
+    if r.canary_vs_stable.enabled and detector in r.canary_vs_stable.rates:
         return (f"{title}: canary minus stable", f"rollback.canary_vs_stable.{detector}",
                 "percentunit", r.canary_vs_stable.margin)  # fmt: skip
     return title, f"rollback.{detector}_rate", "percentunit", None

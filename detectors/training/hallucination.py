@@ -9,9 +9,11 @@ evidence the context; for TruthfulQA a correct answer against the question's oth
 answers as samples):
 
 - e-SNLI, SummEdits, BEGIN, FaithDial, DialFact: a seeded sample of at most ``PER_SET``
-  supported claims each (detectors/training/grounding_data.py; none of them chose anything);
+  supported claims each (detectors/training/grounding_data.py; none of them chose a setting);
 - HaluEval rows 250–499: the right answers with their passage;
-- TruthfulQA: each correct answer with the question's other correct answers (self-consistency).
+- TruthfulQA: one correct answer per question with its other correct answers as samples
+  (self-consistency; that mode's embedding weight was chosen on TruthfulQA, so this one figure
+  is not on unseen data).
 
 Written to ``detectors/assets/hallucination.json``: the rate per set and their mean (each set
 weighs the same: one set's size must not decide the figure), which ``llm-monitor policy check``

@@ -23,8 +23,9 @@ COUNT_FIRE_CHANCE = 0.05  # a count rule fired by noise this often at its minimu
 
 
 def measured_rates(detectors: DetectorsSettings) -> dict[str, float]:
-    """The shipped false-positive rates that describe the detectors as configured: the
-    hallucination figure only for the shipped grounding and thresholds."""
+    """The shipped false-positive rates for these settings: injection's with or without its
+    instruction model, hallucination's only for the shipped grounding and thresholds. (A
+    custom toxicity or injection threshold still gets the shipped figure.)"""
     h = detectors.hallucination
     custom = (h.adapter_path, h.nli_model_path, h.grounding_threshold, h.consistency_threshold)
     return measured_false_positive_rates(
@@ -38,7 +39,9 @@ def false_positive_warnings(policy: Policy, rates: Mapping[str, float]) -> list[
     warnings: list[str] = []
     rollback, kill = policy.rollback, policy.kill_switch
     for name, rule in rollback.detector_rates.items():
-        warnings += _rate(f"rollback.detector_rates.{name}", rule, [name], rates)
+        instead = (f"remove it and add {name} to rollback.canary_vs_stable.rates (canary "
+                   "against stable on the same traffic), ")  # fmt: skip
+        warnings += _rate(f"rollback.detector_rates.{name}", rule, [name], rates, instead)
     warnings += _rate("kill_switch.safety_critical", kill.safety_critical,
                       kill.safety_detectors, rates)  # fmt: skip
     for field, count in (("rollback.safety_incidents", rollback.safety_incidents),
@@ -78,8 +81,9 @@ def _measured(detectors: list[str], rates: Mapping[str, float]) -> float | None:
 
 
 def _rate(
-    field: str, rule: RateRule, detectors: list[str], rates: Mapping[str, float]
-) -> list[str]:
+    field: str, rule: RateRule, detectors: list[str], rates: Mapping[str, float],
+    instead: str = "",
+) -> list[str]:  # fmt: skip
     fpr = _measured(detectors, rates)
     if not rule.enabled or fpr is None or rule.threshold >= MARGIN * fpr:
         return []
@@ -87,7 +91,8 @@ def _rate(
     return [
         f"{field}.threshold {rule.threshold:g} is {verdict} the measured false-positive rate "
         f"of {'+'.join(detectors)} on benign traffic ({fpr:.2%}): healthy traffic alone can "
-        f"fire it. Fix: raise it to at least {MARGIN * fpr:.3g}, or recalibrate the detector."
+        f"fire it. Fix: raise it to at least {MARGIN * fpr:.3g}, {instead}or recalibrate the "
+        "detector."
     ]
 
 

@@ -85,7 +85,7 @@ class RollbackTriggers(_Strict):
             "toxicity": RateRule(threshold=0.02),
             "pii": RateRule(threshold=0.01),
             # No absolute hallucination rule: the shipped grounding flags 46 % of right answers
-            # that paraphrase (detectors/assets/hallucination.json); canary_vs_stable compares it.
+            # (detectors/assets/hallucination.json); canary_vs_stable compares it instead.
             "injection": RateRule(threshold=0.10),
         }
     )

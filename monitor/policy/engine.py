@@ -14,6 +14,9 @@ on the merge. A rule's verdict is one of:
   kill switch of the deployment is engaged and the action is a rollback (``suppressed``);
 - *resolved* — once firing, the rule clears only when the *upper* bound falls below
   ``threshold × recovery_ratio``: hysteresis, so a rate hovering at the threshold cannot flap.
+  A canary-vs-stable comparison also clears once its lower bound is at or below zero (the
+  canary no longer surely worse): fired above the margin, cleared at zero, still a full margin
+  of hysteresis, and it clears on a high-baseline detector without thousands of events a side.
   Time only moves forward for a rule: it resolves only on windows newer than the ones that
   fired it, and late evidence about windows older than a resolution cannot reopen it;
 - *healthy* — conclusive and below.
@@ -156,6 +159,7 @@ class Evaluation:
     detail: str = ""
     count_rule: bool = False
     confidence: float | None = None  # None: the policy's (the judge's bootstrap has its own)
+    comparison: bool = False  # canary minus stable: may also clear once no longer surely worse
 
     @property
     def conclusive(self) -> bool:
@@ -165,8 +169,15 @@ class Evaluation:
         return self.bound.low > self.threshold
 
     def under(self, recovery_ratio: float) -> bool:
+        """Clears a firing rule: surely below the recovery threshold; a comparison also once
+        the canary is no longer surely worse than stable at all (its lower bound at or below
+        zero), since on a detector with a high baseline (hallucination on paraphrasing apps,
+        about half of answers) the upper bound needs thousands of events a side to drop under
+        the margin even when canary and stable are the same."""
         if self.count_rule:
             return self.bound.value == 0
+        if self.comparison and self.bound.low <= 0.0:
+            return True
         return self.bound.high < self.threshold * recovery_ratio
 
 
@@ -662,6 +673,7 @@ class PolicyEngine:
                 min(n_a, n_b),
                 rule.min_samples or self.policy.min_samples,
                 detail=f"stable n={n_b}",
+                comparison=True,
             )
 
     # -- verdicts ------------------------------------------------------------------------------

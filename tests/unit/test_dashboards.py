@@ -67,6 +67,11 @@ def test_threshold_lines_follow_the_policy() -> None:
         "canary_vs_stable": {"rates": ["error_rate"]}}}))["canary-vs-stable"]  # fmt: skip
     no_rule = next(p for p in neither["panels"] if p["title"] == "Hallucination rate")
     assert "thresholds" not in no_rule["fieldConfig"]["defaults"]  # no rule at all: no line
+    off = build_all(Policy.model_validate({"rollback": {
+        "detector_rates": {"hallucination": {"threshold": 0.5, "enabled": False}},
+        "canary_vs_stable": {"enabled": False}}}))["canary-vs-stable"]  # fmt: skip
+    assert any(p["title"] == "Hallucination rate" and "thresholds" not in p["fieldConfig"]["defaults"]
+               for p in off["panels"])  # disabled rules draw no line  # fmt: skip
 
 
 def subset(ours: Any, theirs: Any, path: str = "") -> list[str]:

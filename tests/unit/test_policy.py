@@ -160,6 +160,23 @@ def test_recovery_needs_the_upper_bound_below_the_recovery_threshold() -> None:
     assert outcomes(e.observe(window(2, 400, 4)).decisions, "rollback.error_rate") == ["resolved"]
 
 
+def test_a_comparison_at_a_high_baseline_clears_once_the_canary_is_back_to_stable() -> None:
+    """Hallucination flags about half of paraphrased right answers: canary and stable alike at
+    46 % must clear a fired comparison, though its upper bound (+0.07 at 400 a side) is far
+    above the recovery threshold (0.016)."""
+    e = engine(evaluation_windows=1)
+    rule = "rollback.canary_vs_stable.hallucination"
+    e.observe(window(0, 400, deployment="stable", version="v1", flags={"hallucination": 184}))
+    assert outcomes(e.observe(window(0, 400, flags={"hallucination": 300})).decisions,
+                    rule) == ["fire"]  # fmt: skip
+    e.observe(window(1, 400, deployment="stable", version="v1", flags={"hallucination": 184}))
+    assert outcomes(e.observe(window(1, 400, flags={"hallucination": 250})).decisions,
+                    rule) == []  # still surely worse: stays firing  # fmt: skip
+    e.observe(window(2, 400, deployment="stable", version="v1", flags={"hallucination": 184}))
+    assert outcomes(e.observe(window(2, 400, flags={"hallucination": 186})).decisions,
+                    rule) == ["resolved"]  # fmt: skip
+
+
 def test_kill_switch_engage_twice_acts_once_and_release_resumes() -> None:
     e = engine()
     first = e.set_kill("m", "canary", engage=True, reason="r", actor="cli")

@@ -89,6 +89,7 @@ def test_an_absolute_hallucination_rule_is_warned_about_with_the_shipped_groundi
     rule = policy(rollback={"detector_rates": {"hallucination": {"threshold": 0.10}}})
     (warning,) = false_positive_warnings(rule, rates)
     assert warning.startswith("rollback.detector_rates.hallucination.threshold 0.1 is at or below")
+    assert "add hallucination to rollback.canary_vs_stable.rates" in warning
     assert "hallucination" in policy().rollback.canary_vs_stable.rates
     assert "hallucination" not in policy().rollback.detector_rates
     # another grounding model or threshold: the shipped figure does not describe it
