@@ -8,7 +8,9 @@ DiaSafety replies in their context, ConvAbuse turns after the agent's, Davidson)
 per class so no set or class dominates, plus identity swaps (a text naming an identity is
 copied with another identity in its place and the same label) and neutral sentences naming
 identities (built from Winogender and WinoBias dev sentences), so the model cannot learn that
-naming a group is toxic. ETHOS is never trained on (GPL-3.0): it is evaluated only.
+naming a group is toxic, plus hateful statements quoted to condemn them (not toxic) and to
+endorse them (toxic): detectors/training/toxicity_contrast.py. ETHOS is never trained on
+(GPL-3.0): it is evaluated only.
 
 Each set's own test split (or a seeded 20 % of it) is held out and reported. The threshold is
 chosen on benign traffic (detectors/evaluation/benign.py, calibration half) for a stated
@@ -39,6 +41,7 @@ from detectors.evaluation.data import add_eval_dir_argument, eval_dir
 from detectors.evaluation.identity import IDENTITIES, flag_rates, spread
 from detectors.training.adapter import Example, TrainConfig, Trained, train
 from detectors.training.sampling import auc, capped, held_out_split
+from detectors.training.toxicity_contrast import contrast_rows, counter_speech_figures
 from detectors.training.toxicity_data import EVALUATION_ONLY, TRAINABLE, Labelled, load
 
 ARTIFACT = Path(__file__).resolve().parents[1] / "assets" / "toxicity"
@@ -148,7 +151,8 @@ def training_rows(
     rows: Sequence[Labelled], per_class: int, seed: int, bias_dir: Path
 ) -> list[Labelled]:
     base = capped(rows, per_class, seed)
-    return base + identity_swaps(base, seed) + identity_neutrals(bias_dir, seed)
+    return (base + identity_swaps(base, seed) + identity_neutrals(bias_dir, seed)
+            + contrast_rows(base, seed))  # fmt: skip
 
 
 def evaluate(
@@ -161,7 +165,8 @@ def evaluate(
     return {
         "threshold": threshold,
         "held_out_splits": report_sets(score, held, threshold),
-        "unseen_sets": report_sets(score, unseen, threshold), **benign,
+        "unseen_sets": report_sets(score, unseen, threshold),
+        "counter_speech": counter_speech_figures(score, held, threshold), **benign,
     }  # fmt: skip
 
 
