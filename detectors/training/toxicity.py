@@ -157,7 +157,7 @@ def training_rows(
 
 def evaluate(
     score: Scorer, root: Path, rows: Sequence[Labelled], held: Sequence[Labelled],
-    leave_out: str | None,
+    leave_out: str | None, trained: Sequence[Labelled] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """Threshold from benign calibration, then every figure the artifact ships with."""
     threshold, benign = calibrate(score, root)
@@ -166,7 +166,7 @@ def evaluate(
         "threshold": threshold,
         "held_out_splits": report_sets(score, held, threshold),
         "unseen_sets": report_sets(score, unseen, threshold),
-        "counter_speech": counter_speech_figures(score, held, threshold), **benign,
+        "counter_speech": counter_speech_figures(score, held, threshold, trained), **benign,
     }  # fmt: skip
 
 
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         device = "cpu" if args.backend == INT8 else args.device
         saved = AdaptedClassifier(args.recalibrate, device=device, backend=args.backend)
         score = scorer_of(saved, args.counterfactual)
-        figures = evaluate(score, root, rows, held, args.leave_out)
+        figures = evaluate(score, root, rows, held, args.leave_out, train_rows)
         if args.counterfactual:
             write_backend(args.recalibrate, saved, threshold_key(saved.quantized), figures)
             return
@@ -221,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {
         "train_examples": len(chosen), "train_seconds": round(time.perf_counter() - started),
         "leave_out": args.leave_out, "per_class": args.per_class, "epochs": args.epochs,
-        "seed": args.seed, **evaluate(scorer_of(model), root, rows, held, args.leave_out),
+        "seed": args.seed,
+        **evaluate(scorer_of(model), root, rows, held, args.leave_out, train_rows),
     }  # fmt: skip
     print(json.dumps(report, indent=1))
     if args.report:

@@ -64,6 +64,11 @@ def quotable(rows: Sequence[Labelled]) -> list[str]:
     ]  # fmt: skip
 
 
+def _normal(statement: str) -> str:
+    """A statement's form for comparing: case and spacing do not make another statement."""
+    return " ".join(statement.lower().split())
+
+
 def contrast_rows(rows: Sequence[Labelled], seed: int, share: float = 0.5) -> list[Labelled]:
     """For a seeded ``share`` of the quotable statements among ``rows``: one counter-speech
     copy (label 0) and one endorsing copy (label 1), each in a frame drawn with the seed."""
@@ -80,10 +85,19 @@ def contrast_rows(rows: Sequence[Labelled], seed: int, share: float = 0.5) -> li
 
 
 def counter_speech_figures(
-    score: Callable[[Sequence[Example]], np.ndarray], held: Sequence[Labelled], threshold: float
-) -> dict[str, Any]:
-    """Held-out hateful statements: flagged bare, and flagged inside each evaluation frame."""
-    statements = quotable(held)
+    score: Callable[[Sequence[Example]], np.ndarray], held: Sequence[Labelled], threshold: float,
+    trained: Sequence[Labelled] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Held-out hateful statements, each once and none that is also in ``trained`` (ToxiGen
+    repeats statements across its rows, so its random held-out split shares some with
+    training): flagged bare, and flagged inside each evaluation frame."""
+    seen = {_normal(s) for s in quotable(trained)}
+    unique: dict[str, str] = {}
+    for statement in quotable(held):
+        unique.setdefault(_normal(statement), statement)
+    statements = [s for key, s in unique.items() if key not in seen]
+    if not statements:
+        return {"n": 0}
     bare = score([Example(s, 1) for s in statements])
     framed = {
         frame: round(float(np.mean(score([Example(frame.format(q=s), 0)

@@ -48,6 +48,8 @@ def test_counter_speech_figures_report_bare_recall_and_framed_flags() -> None:
         return np.array([0.2 if e.text.startswith(("It is not", "Statements")) else 0.9
                          for e in examples])  # fmt: skip
 
-    figures = counter_speech_figures(score, ROWS, threshold=0.5)
-    assert figures["n"] == 1 and figures["bare_recall"] == 1.0
+    figures = counter_speech_figures(score, ROWS + ROWS[:1], threshold=0.5)
+    assert figures["n"] == 1 and figures["bare_recall"] == 1.0  # a repeated statement once
     assert figures["counter_speech_flagged"] == 0.6  # 3 of the 5 frames still flagged
+    # a held-out statement that is also a training row is not a held-out statement
+    assert counter_speech_figures(score, ROWS, 0.5, trained=ROWS[:1])["n"] == 0
