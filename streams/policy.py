@@ -37,7 +37,7 @@ from monitor.judge.evaluator import pairwise_window_of
 from monitor.judge.pairwise import PairwiseWindow
 from monitor.metrics import REASON_UNDECODABLE, REASON_UNPROCESSABLE, Metrics
 from monitor.policy.alertmanager import AlertmanagerPusher
-from monitor.policy.checks import false_positive_warnings, judge_warnings, measured_rates
+from monitor.policy.checks import policy_warnings
 from monitor.policy.config import Policy, load_policy
 from monitor.policy.dispatch import Dispatcher
 from monitor.policy.engine import EngineOutput, PolicyEngine
@@ -126,8 +126,7 @@ def check_policy(settings: Settings) -> Policy:
             "signed. Fix: set LLM_MONITOR_POLICY__WEBHOOK_SECRET (e.g. `openssl rand -hex 32`) "
             "and give receivers the same secret."
         )
-    warnings = false_positive_warnings(policy, measured_rates(settings.detectors))
-    for warning in warnings + judge_warnings(policy, settings.judge):
+    for warning in policy_warnings(policy, settings):
         log.warning("policy: %s", warning)
     return policy
 

@@ -82,8 +82,9 @@ def _short(texts: Sequence[str]) -> list[str]:
     """The sentences of requests of one or two sentences (a longer turn mixes its ask with
     its story), each of at least ``MIN_REQUEST_WORDS`` words (a shorter one in a dialogue
     acknowledges, it does not ask)."""
-    return [s for t in texts if t.strip() and len(sentences(t)) <= 2
-            for s in sentences(t) if len(s.split()) >= MIN_REQUEST_WORDS]  # fmt: skip
+    split = [sentences(t) for t in texts if t.strip()]
+    return [s for found in split if len(found) <= 2
+            for s in found if len(s.split()) >= MIN_REQUEST_WORDS]  # fmt: skip
 
 
 def requests(root: Path, half: str) -> dict[str, list[str]]:

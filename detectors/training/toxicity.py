@@ -157,7 +157,7 @@ def training_rows(
 
 def evaluate(
     score: Scorer, root: Path, rows: Sequence[Labelled], held: Sequence[Labelled],
-    leave_out: str | None, trained: Sequence[Labelled] = (),
+    leave_out: str | None, trained: Sequence[Labelled],
 ) -> dict[str, Any]:  # fmt: skip
     """Threshold from benign calibration, then every figure the artifact ships with."""
     threshold, benign = calibrate(score, root)

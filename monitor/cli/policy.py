@@ -121,7 +121,7 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
     """Validate a policy file; errors name the field and the fix. Warns about rules benign
     traffic alone could fire, given the detectors' measured false-positive rates, and about a
     judge rule that disagrees with the judge settings (environment or config file)."""
-    from monitor.policy.checks import false_positive_warnings, judge_warnings, measured_rates
+    from monitor.policy.checks import policy_warnings
     from monitor.policy.config import load_policy
 
     try:
@@ -137,8 +137,7 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML")]) -> N
         f"webhooks rollback {len(hooks.rollback)} kill {len(hooks.kill)} resume "
         f"{len(hooks.resume)}"
     )
-    warnings = false_positive_warnings(policy, measured_rates(settings.detectors))
-    for warning in warnings + judge_warnings(policy, settings.judge):
+    for warning in policy_warnings(policy, settings):
         err.print(f"[yellow]warning:[/] {warning}")
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 
 from detectors.calibration import measured_false_positive_rates
-from monitor.config import DetectorsSettings, JudgeSettings
+from monitor.config import DetectorsSettings, JudgeSettings, Settings
 from monitor.policy.config import CountRule, Policy, RateRule
 
 MARGIN = 2.0  # a rate threshold under this many times the false-positive rate has no headroom
@@ -31,6 +31,14 @@ def measured_rates(detectors: DetectorsSettings) -> dict[str, float]:
     return measured_false_positive_rates(
         instruction_model=detectors.injection.instruction_model,
         shipped_hallucination=all(value is None for value in custom),
+    )
+
+
+def policy_warnings(policy: Policy, settings: Settings) -> list[str]:
+    """Everything ``policy check`` prints and the policy role logs at start: rules benign
+    traffic could fire with the detectors as configured, and judge-rule disagreements."""
+    return false_positive_warnings(policy, measured_rates(settings.detectors)) + judge_warnings(
+        policy, settings.judge
     )
 
 
